@@ -1,0 +1,509 @@
+//! The gateway configuration (`gateway.yaml`) and the token file (`tokens.yaml`): their shape,
+//! loading, and validation into a list of `file:line: key: problem` findings.
+//!
+//! Loading never stops at the first problem: `scimgate check` and a refused reload list every
+//! problem at once, each with the file, line and key path that is wrong.
+
+mod duration;
+mod lines;
+mod problem;
+
+pub use duration::{format_duration, parse_duration, HumanDuration, Timestamp};
+pub use lines::LineIndex;
+pub use problem::{Problem, Problems};
+
+use crate::policy::domain::DomainPattern;
+use crate::policy::scope::Scope;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `mode:` — whether refusals are enforced or only reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    ReportOnly,
+}
+
+/// `gateway.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    pub server: ServerSection,
+    /// Plain-HTTP listener for `/healthz` and `/readyz`; absent means none.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub mode: Mode,
+    pub upstream: UpstreamSection,
+    pub tenants: Vec<TenantSection>,
+    pub tokens_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: SocketAddr,
+    pub tls: TlsSection,
+    /// Largest request body accepted (413 beyond). Default 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time allowed for a client to send the request headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// Time allowed for a client to send the whole request body (408 beyond).
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout: HumanDuration,
+    /// How long a SIGTERM waits for in-flight requests before closing connections.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate this CA bundle signed (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub url: String,
+    /// Sent upstream as `Authorization`; `${VAR}` reads the environment.
+    #[serde(default)]
+    pub authorization: Option<String>,
+    /// Trust anchors for an https upstream (default: the public web PKI roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: HumanDuration,
+    /// Largest upstream response body the gateway buffers for inspection (502 beyond).
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+}
+
+fn default_upstream_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_max_response() -> usize {
+    16 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    pub id: String,
+    pub path_prefix: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamSection>,
+    /// Overrides the gateway-wide `mode` for this tenant.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Whether a domain-scoped token may manage users that carry no email address at all.
+    #[serde(default)]
+    pub allow_users_without_email: bool,
+}
+
+/// `tokens.yaml`: written by `scimgate token …`, reviewable in git, holds no secret.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    #[serde(default)]
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// A token's lifecycle state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenStatus {
+    #[default]
+    Active,
+    Suspended,
+    Revoked,
+}
+
+impl TokenStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenStatus::Active => "active",
+            TokenStatus::Suspended => "suspended",
+            TokenStatus::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant: String,
+    /// Hex SHA-256 of the whole token string.
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+    /// Must lie within the tenant's domains; absent means the tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub status: TokenStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// The last four characters of the secret, so an operator can tell tokens apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// A loaded and validated configuration, with paths resolved against the config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway: GatewayFile,
+    pub tokens_path: PathBuf,
+    pub tokens: TokensFile,
+    /// `upstream.authorization` (and tenants' overrides) after `${VAR}` expansion, by tenant
+    /// index; `None` entries send no credential.
+    pub upstream_authorization: Vec<Option<String>>,
+    /// SHA-256 over both files' bytes: the policy version in logs.
+    pub version: String,
+}
+
+impl Config {
+    /// Resolves a path written in the configuration against the configuration's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        resolve_against(&self.path, p)
+    }
+
+    /// The upstream block that applies to tenant `i`.
+    pub fn upstream_for(&self, i: usize) -> &UpstreamSection {
+        self.gateway.tenants[i]
+            .upstream
+            .as_ref()
+            .unwrap_or(&self.gateway.upstream)
+    }
+}
+
+fn resolve_against(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        config_path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(p)
+    }
+}
+
+/// Reads and validates a configuration and its token file, returning every problem found.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let mut problems = Problems::default();
+    let gw_src = read(path, &mut problems).ok_or_else(|| problems.clone())?;
+    let gateway: GatewayFile = parse_yaml(path, &gw_src, &mut problems).ok_or_else(|| problems.clone())?;
+    let gw_lines = LineIndex::build(&gw_src);
+    let tokens_path = resolve_against(path, &gateway.tokens_file);
+    let mut at = |problems: &mut Problems, key: &str, msg: String| {
+        problems.push(Problem::new(path, gw_lines.line_of(key), key, msg));
+    };
+
+    validate_gateway(path, &gateway, &mut problems, &mut at);
+    let upstream_authorization = expand_authorizations(&gateway, &mut problems, &mut at);
+
+    let tok_src = read(&tokens_path, &mut problems);
+    let tokens = tok_src
+        .as_deref()
+        .and_then(|src| parse_yaml::<TokensFile>(&tokens_path, src, &mut problems));
+    if let (Some(src), Some(tokens)) = (tok_src.as_deref(), tokens.as_ref()) {
+        let tok_lines = LineIndex::build(src);
+        validate_tokens(&gateway, tokens, &mut |key: &str, msg: String| {
+            problems.push(Problem::new(&tokens_path, tok_lines.line_of(key), key, msg));
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let version = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(gw_src.as_bytes());
+        h.update([0]);
+        h.update(tok_src.unwrap_or_default().as_bytes());
+        hex::encode(&h.finalize()[..8])
+    };
+    Ok(Config {
+        path: path.to_owned(),
+        gateway,
+        tokens_path,
+        tokens: tokens.unwrap_or_default(),
+        upstream_authorization,
+        version,
+    })
+}
+
+fn read(path: &Path, problems: &mut Problems) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(Problem::new(path, None, "", format!("cannot read the file: {e}")));
+            None
+        }
+    }
+}
+
+/// Deserialises strictly (unknown keys are errors) and turns serde_yaml's error into a problem
+/// with its line and key path.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    src: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    match serde_yaml::from_str::<T>(src) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            let msg = e.to_string();
+            let msg = match msg.rfind(" at line ") {
+                Some(cut) => msg[..cut].to_owned(),
+                None => msg,
+            };
+            // serde_yaml writes "key.path: message"; split it so the output matches ours.
+            let (key, msg) = match msg.split_once(": ") {
+                Some((k, m)) if !k.contains(' ') => (k.to_owned(), m.to_owned()),
+                _ => (String::new(), msg),
+            };
+            problems.push(Problem::new(path, line, &key, msg));
+            None
+        }
+    }
+}
+
+fn validate_gateway(
+    path: &Path,
+    gw: &GatewayFile,
+    problems: &mut Problems,
+    at: &mut impl FnMut(&mut Problems, &str, String),
+) {
+    let exists = |problems: &mut Problems, at: &mut dyn FnMut(&mut Problems, &str, String), key: &str, p: &Path| {
+        let full = resolve_against(path, p);
+        if !full.is_file() {
+            at(problems, key, format!("file {} does not exist", full.display()));
+        }
+    };
+    exists(problems, at, "server.tls.cert", &gw.server.tls.cert);
+    exists(problems, at, "server.tls.key", &gw.server.tls.key);
+    if let Some(ca) = &gw.server.tls.client_ca {
+        exists(problems, at, "server.tls.client_ca", ca);
+    }
+    if gw.server.max_body_bytes == 0 {
+        at(problems, "server.max_body_bytes", "must be greater than 0".into());
+    }
+    validate_upstream(path, &gw.upstream, "upstream", problems, at);
+    if gw.tenants.is_empty() {
+        at(problems, "tenants", "at least one tenant is required".into());
+    }
+    let mut ids = HashSet::new();
+    let mut prefixes: Vec<(usize, &str)> = Vec::new();
+    for (i, t) in gw.tenants.iter().enumerate() {
+        let key = |k: &str| format!("tenants[{i}].{k}");
+        if !valid_id(&t.id) {
+            at(problems, &key("id"), format!("invalid tenant id {:?}: use letters, digits, '-' and '_'", t.id));
+        }
+        if !ids.insert(t.id.as_str()) {
+            at(problems, &key("id"), format!("duplicate tenant id {:?}", t.id));
+        }
+        match crate::policy::route::normalize_path(&t.path_prefix) {
+            Ok(norm) if norm == t.path_prefix && norm != "/" => {
+                for (j, other) in &prefixes {
+                    if crate::policy::route::strip_prefix(other, &norm).is_some()
+                        || crate::policy::route::strip_prefix(&norm, other).is_some()
+                    {
+                        at(problems, &key("path_prefix"), format!("path_prefix {norm:?} overlaps tenants[{j}]'s {other:?}"));
+                    }
+                }
+                prefixes.push((i, &t.path_prefix));
+            }
+            _ => at(
+                problems,
+                &key("path_prefix"),
+                format!("path_prefix {:?} must be a normalised absolute path such as /acme/scim/v2 (no trailing slash, dot segments or escapes)", t.path_prefix),
+            ),
+        }
+        if t.domains.is_empty() {
+            at(problems, &key("domains"), "at least one domain (or \"*\") is required".into());
+        }
+        for (j, d) in t.domains.iter().enumerate() {
+            if let Err(e) = DomainPattern::parse(d) {
+                at(problems, &format!("tenants[{i}].domains[{j}]"), e);
+            }
+        }
+        if let Some(up) = &t.upstream {
+            validate_upstream(path, up, &key("upstream"), problems, at);
+        }
+    }
+    let _ = exists;
+}
+
+fn validate_upstream(
+    path: &Path,
+    up: &UpstreamSection,
+    key: &str,
+    problems: &mut Problems,
+    at: &mut impl FnMut(&mut Problems, &str, String),
+) {
+    match up.url.parse::<http::Uri>() {
+        Ok(uri) => {
+            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+            if !scheme_ok || uri.authority().is_none() {
+                at(problems, &format!("{key}.url"), format!("{:?} must be an absolute http:// or https:// URL", up.url));
+            } else if uri.query().is_some() {
+                at(problems, &format!("{key}.url"), "must not carry a query string".into());
+            } else if up.ca.is_some() && uri.scheme_str() != Some("https") {
+                at(problems, &format!("{key}.ca"), "only applies to an https:// upstream".into());
+            }
+        }
+        Err(e) => at(problems, &format!("{key}.url"), format!("{:?} is not a URL: {e}", up.url)),
+    }
+    if let Some(ca) = &up.ca {
+        let full = resolve_against(path, ca);
+        if !full.is_file() {
+            at(problems, &format!("{key}.ca"), format!("file {} does not exist", full.display()));
+        }
+    }
+    if up.timeout.0.is_zero() {
+        at(problems, &format!("{key}.timeout"), "must be greater than 0".into());
+    }
+}
+
+fn expand_authorizations(
+    gw: &GatewayFile,
+    problems: &mut Problems,
+    at: &mut impl FnMut(&mut Problems, &str, String),
+) -> Vec<Option<String>> {
+    gw.tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (key, up) = match &t.upstream {
+                Some(up) => (format!("tenants[{i}].upstream.authorization"), up),
+                None => ("upstream.authorization".to_owned(), &gw.upstream),
+            };
+            let raw = up.authorization.as_deref()?;
+            match expand_env(raw) {
+                Ok(v) if http::HeaderValue::from_str(&v).is_ok() => Some(v),
+                Ok(_) => {
+                    at(problems, &key, "is not a valid header value after expansion".into());
+                    None
+                }
+                Err(e) => {
+                    at(problems, &key, e);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Expands `${NAME}` from the environment; an unset variable is an error, never an empty string.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or("unterminated ${ in value")?;
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("invalid variable name {name:?} in ${{...}}"));
+        }
+        let val = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Token and tenant ids: short, printable, safe in logs and metric labels.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn validate_tokens(gw: &GatewayFile, file: &TokensFile, at: &mut impl FnMut(&str, String)) {
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, t) in file.tokens.iter().enumerate() {
+        let key = |k: &str| format!("tokens[{i}].{k}");
+        if !valid_id(&t.id) {
+            at(&key("id"), format!("invalid token id {:?}: use letters, digits, '-', '_' and '.'", t.id));
+        }
+        if !ids.insert(t.id.as_str()) {
+            at(&key("id"), format!("duplicate token id {:?}", t.id));
+        }
+        let hash_ok = t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hash_ok {
+            at(&key("sha256"), "must be 64 hexadecimal characters (the SHA-256 of the token)".into());
+        } else if !hashes.insert(t.sha256.to_ascii_lowercase()) {
+            at(&key("sha256"), "duplicate hash: two entries share one secret".into());
+        }
+        if t.scopes.is_empty() {
+            at(&key("scopes"), "at least one scope is required".into());
+        }
+        if let Some(idle) = t.idle_timeout {
+            if idle.0.is_zero() {
+                at(&key("idle_timeout"), "must be greater than 0 (omit it for no idle expiry)".into());
+            }
+        }
+        let Some(tenant) = gw.tenants.iter().find(|x| x.id == t.tenant) else {
+            at(&key("tenant"), format!("unknown tenant {:?}", t.tenant));
+            continue;
+        };
+        let tenant_set = crate::policy::domain::DomainSet::new(
+            tenant.domains.iter().filter_map(|d| DomainPattern::parse(d).ok()).collect(),
+        );
+        if let Some(domains) = &t.domains {
+            if domains.is_empty() {
+                at(&key("domains"), "must not be empty (omit it to use the tenant's domains)".into());
+            }
+            for (j, d) in domains.iter().enumerate() {
+                let dk = format!("tokens[{i}].domains[{j}]");
+                match DomainPattern::parse(d) {
+                    Ok(p) if !tenant_set.covers(&p) => {
+                        at(&dk, format!("domain {d:?} is outside tenant {:?}'s domains", t.tenant))
+                    }
+                    Ok(_) => {}
+                    Err(e) => at(&dk, e),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! The compiled policy: an immutable snapshot of tenants, upstreams and tokens that every
+//! request reads once, and the decisions made over it. Reloads swap a whole new snapshot in.
+
+pub mod domain;
+pub mod route;
+pub mod scope;
+
+use crate::config::{Config, Mode, Problems};
+use crate::proxy::upstream::Upstream;
+use crate::token::{TokenEntry, TokenIndex};
+use arc_swap::ArcSwap;
+use domain::{DomainPattern, DomainSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One tenant: its public prefix, its domains, its backend.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: Arc<str>,
+    /// Public path prefix, e.g. `/acme/scim/v2`.
+    pub prefix: Box<str>,
+    pub domains: DomainSet,
+    pub mode: Mode,
+    pub allow_users_without_email: bool,
+    pub upstream: Arc<Upstream>,
+}
+
+/// Limits that apply to every request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+}
+
+/// An immutable policy snapshot.
+#[derive(Debug)]
+pub struct Policy {
+    /// Short hash of the configuration and token files: the policy version in logs.
+    pub version: Arc<str>,
+    pub tenants: Vec<Arc<Tenant>>,
+    pub tokens: TokenIndex,
+    pub limits: Limits,
+}
+
+impl Policy {
+    /// Compiles a validated configuration. Upstream clients are built here, so a bad upstream CA
+    /// file is refused like any other problem.
+    pub fn compile(cfg: &Config) -> Result<Policy, Problems> {
+        let now = crate::proxy::unix_now();
+        let mut shared_default: Option<Arc<Upstream>> = None;
+        let mut tenants = Vec::with_capacity(cfg.gateway.tenants.len());
+        for (i, t) in cfg.gateway.tenants.iter().enumerate() {
+            let auth = cfg.upstream_authorization[i].as_deref();
+            let upstream = match (&t.upstream, &shared_default) {
+                (None, Some(u)) if u.authorization_matches(auth) => u.clone(),
+                (section, _) => {
+                    let section = section.as_ref().unwrap_or(&cfg.gateway.upstream);
+                    let u = Arc::new(Upstream::new(cfg, section, auth)?);
+                    if t.upstream.is_none() {
+                        shared_default = Some(u.clone());
+                    }
+                    u
+                }
+            };
+            tenants.push(Arc::new(Tenant {
+                id: t.id.as_str().into(),
+                prefix: t.path_prefix.as_str().into(),
+                domains: DomainSet::new(
+                    t.domains
+                        .iter()
+                        .filter_map(|d| DomainPattern::parse(d).ok())
+                        .collect(),
+                ),
+                mode: t.mode.unwrap_or(cfg.gateway.mode),
+                allow_users_without_email: t.allow_users_without_email,
+                upstream,
+            }));
+        }
+        let tokens = TokenIndex::new(cfg.tokens.tokens.iter().filter_map(|rec| {
+            let tenant = tenants.iter().find(|t| *t.id == *rec.tenant)?;
+            TokenEntry::from_record(rec, &tenant.domains, now)
+        }));
+        Ok(Policy {
+            version: cfg.version.as_str().into(),
+            tenants,
+            tokens,
+            limits: Limits {
+                max_body_bytes: cfg.gateway.server.max_body_bytes,
+                body_read_timeout: cfg.gateway.server.body_read_timeout.0,
+            },
+        })
+    }
+
+    /// The tenant whose prefix the normalised `path` lies under, and the rest of the path.
+    pub fn route<'p>(&self, path: &'p str) -> Option<(&Arc<Tenant>, &'p str)> {
+        self.tenants
+            .iter()
+            .find_map(|t| route::strip_prefix(path, &t.prefix).map(|rest| (t, rest)))
+    }
+}
+
+/// The live policy, swapped atomically on reload; readers never block.
+pub type PolicyHandle = Arc<ArcSwap<Policy>>;
+
+pub fn handle(policy: Policy) -> PolicyHandle {
+    Arc::new(ArcSwap::from_pointee(policy))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Sends the checked request to the tenant's backend over the pooled client: canonical path,
+//! the gateway's own credential instead of the client's, hop-by-hop headers dropped,
+//! `X-Forwarded-For`/`-Proto` set; the response is buffered within the upstream's limits.
+
+use super::{ClientConn, GatewayResponse, Routed};
+use crate::scim::error::GatewayError;
+use crate::BoxError;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::{timeout_at, Instant};
+use tower::Service;
+
+/// The innermost service.
+#[derive(Clone, Copy, Default)]
+pub struct Forward;
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Rewrites the client's headers into the backend request's headers, in place.
+pub fn upstream_headers(headers: &mut HeaderMap, conn: Option<&ClientConn>, credential: Option<&HeaderValue>) {
+    strip_hop_by_hop(headers);
+    for h in [
+        header::AUTHORIZATION,
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::ACCEPT_ENCODING,
+        header::COOKIE,
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-real-ip"),
+    ] {
+        headers.remove(h);
+    }
+    if let Some(c) = credential {
+        headers.insert(header::AUTHORIZATION, c.clone());
+    }
+    if let Some(conn) = conn {
+        if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
+}
+
+impl Service<Request<Bytes>> for Forward {
+    type Response = GatewayResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        Box::pin(forward(req))
+    }
+}
+
+async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
+    let (mut parts, body) = req.into_parts();
+    let routed = parts
+        .extensions
+        .remove::<Routed>()
+        .ok_or(GatewayError::Internal("forwarding an unrouted request"))?;
+    let record = parts.extensions.get::<super::access_log::RecordHandle>().cloned();
+    let up = &routed.tenant.upstream;
+
+    let mut target = String::with_capacity(up.base_url.len() + 64);
+    target.push_str(&up.base_url);
+    routed.op.write_upstream_path(&mut target);
+    if let Some(q) = parts.uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let uri: Uri = target
+        .parse()
+        .map_err(|_| GatewayError::bad_request("bad_path", "the request path cannot be forwarded"))?;
+    upstream_headers(&mut parts.headers, parts.extensions.get::<ClientConn>(), up.authorization());
+
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = parts.headers;
+
+    let deadline = Instant::now() + up.timeout;
+    let resp = match timeout_at(deadline, up.client.request(out)).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout.into()),
+        Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(&e)).into()),
+        Ok(Ok(r)) => r,
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    if let Some(r) = &record {
+        r.update(|r| r.upstream_status = Some(rparts.status.as_u16()));
+    }
+    let collected = timeout_at(deadline, Limited::new(rbody, up.max_response_bytes).collect()).await;
+    let bytes = match collected {
+        Err(_) => return Err(GatewayError::UpstreamTimeout.into()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(GatewayError::UpstreamInvalid("response larger than upstream.max_response_bytes").into())
+        }
+        Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(e.as_ref())).into()),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    strip_hop_by_hop(&mut rparts.headers);
+    if rparts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(GatewayError::UpstreamInvalid("compressed response").into());
+    }
+    rparts.headers.remove(header::CONTENT_LENGTH);
+    rparts.version = Version::default();
+    Ok(GatewayResponse::from_parts(rparts, Full::new(bytes)))
+}
+
+/// The error and its sources on one line, for the log (hyper's errors carry no headers).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,22 @@
+//! Reads the live policy once per request and attaches it, so every later layer judges the
+//! request by the same snapshot even if a reload lands mid-request.
+
+use super::Snapshot;
+use crate::policy::PolicyHandle;
+use http::Request;
+use tower::filter::{FilterLayer, Predicate};
+
+#[derive(Clone)]
+pub struct SnapshotPolicy(PolicyHandle);
+
+pub fn layer(policy: PolicyHandle) -> FilterLayer<SnapshotPolicy> {
+    FilterLayer::new(SnapshotPolicy(policy))
+}
+
+impl<B> Predicate<Request<B>> for SnapshotPolicy {
+    type Request = Request<B>;
+    fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, crate::BoxError> {
+        req.extensions_mut().insert(Snapshot(self.0.load_full()));
+        Ok(req)
+    }
+}

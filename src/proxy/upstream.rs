@@ -1,0 +1,119 @@
+//! A legacy SCIM backend: where requests go, the credential they carry, and the pooled client
+//! that carries them.
+
+use crate::config::{Config, Problems, UpstreamSection};
+use bytes::Bytes;
+use http::{HeaderValue, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type UpstreamClient = Client<HttpsConnector, Full<Bytes>>;
+
+/// One backend.
+pub struct Upstream {
+    /// `scheme://authority`, e.g. `http://127.0.0.1:8080`.
+    pub origin: Box<str>,
+    /// Path of the SCIM root without a trailing slash, e.g. `/scim/v2`.
+    pub base_path: Box<str>,
+    /// `origin + base_path`: the prefix of every URL the backend writes about itself.
+    pub base_url: Box<str>,
+    /// The gateway's own credential for the backend; never logged.
+    authorization: Option<HeaderValue>,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    pub client: UpstreamClient,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base_url", &self.base_url)
+            .field("authorization", &self.authorization.as_ref().map(|_| "[redacted]"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(cfg: &Config, section: &UpstreamSection, authorization: Option<&str>) -> Result<Self, Problems> {
+        let problem = |msg: String| Problems::single(&cfg.path, msg);
+        let uri: Uri = section
+            .url
+            .parse()
+            .map_err(|e| problem(format!("upstream.url: {e}")))?;
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let origin = format!("{scheme}://{authority}");
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let authorization = match authorization {
+            Some(v) => {
+                let mut hv = HeaderValue::from_str(v)
+                    .map_err(|_| problem("upstream.authorization: not a valid header value".into()))?;
+                hv.set_sensitive(true);
+                Some(hv)
+            }
+            None => None,
+        };
+        let ca = section.ca.as_ref().map(|p| cfg.resolve(p));
+        let client = build_client(ca.as_deref()).map_err(problem)?;
+        Ok(Upstream {
+            base_url: format!("{origin}{base_path}").into(),
+            origin: origin.into(),
+            base_path: base_path.into(),
+            authorization,
+            timeout: section.timeout.0,
+            max_response_bytes: section.max_response_bytes,
+            client,
+        })
+    }
+
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
+    }
+
+    pub(crate) fn authorization_matches(&self, other: Option<&str>) -> bool {
+        self.authorization.as_ref().map(|h| h.as_bytes()) == other.map(str::as_bytes)
+    }
+}
+
+/// A pooled HTTP/1.1 and HTTP/2 client; https upstreams are verified against `ca` or, without
+/// it, the bundled web PKI roots.
+pub fn build_client(ca: Option<&std::path::Path>) -> Result<UpstreamClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in crate::tls::read_certs(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}

@@ -1,0 +1,201 @@
+//! Serving: the TLS accept loop, one hyper connection (HTTP/1.1 or h2 by ALPN) per client,
+//! graceful shutdown that lets in-flight requests finish, and the `serve` entry point.
+
+use crate::admin::{self, Health};
+use crate::config::Config;
+use crate::policy::{self, Policy, PolicyHandle};
+use crate::proxy::{self, ClientConn};
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceBuilder;
+
+/// Connection-level settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl ServeOptions {
+    pub fn from_config(cfg: &Config) -> Self {
+        ServeOptions {
+            header_read_timeout: cfg.gateway.server.header_read_timeout.0,
+            tls_handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: cfg.gateway.server.shutdown_grace.0,
+        }
+    }
+}
+
+/// Accepts TLS connections on `listener` until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish (up to `shutdown_grace`) and returns.
+pub async fn run_gateway(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    policy: PolicyHandle,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let stack = proxy::stack::<Incoming>(policy);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(remote);
+        let acceptor = acceptor.clone();
+        let stack = stack.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = opts.tls_handshake_timeout;
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn_info = ClientConn {
+                remote,
+                local,
+                client_cert: tls.get_ref().1.peer_certificates().is_some(),
+            };
+            let svc = ServiceBuilder::new()
+                .map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(conn_info.clone());
+                    req
+                })
+                .service(stack);
+            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(grace_secs = opts.shutdown_grace.as_secs(), "draining in-flight requests");
+    if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period ended with requests still in flight");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// `scimgate serve`: builds everything from a validated configuration and runs until a signal.
+pub async fn serve(cfg: Config) -> Result<(), String> {
+    let compiled = Policy::compile(&cfg).map_err(|p| p.to_string())?;
+    let tokens = compiled.tokens.len();
+    let policy = policy::handle(compiled);
+    let s = &cfg.gateway.server;
+    let tls = crate::tls::server_config(
+        &cfg.resolve(&s.tls.cert),
+        &cfg.resolve(&s.tls.key),
+        s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)).as_deref(),
+    )?;
+    let opts = ServeOptions::from_config(&cfg);
+    run(cfg.gateway.server.listen, cfg.gateway.admin_listen, tls, policy, opts, tokens, &cfg.version).await
+}
+
+/// Binds the listeners, announces them, and serves until SIGTERM/SIGINT.
+pub async fn run(
+    listen: std::net::SocketAddr,
+    admin_listen: Option<std::net::SocketAddr>,
+    tls: Arc<rustls::ServerConfig>,
+    policy: PolicyHandle,
+    opts: ServeOptions,
+    tokens: usize,
+    version: &str,
+) -> Result<(), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let health = Arc::new(Health::default());
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_addr = match admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (admin_listen): {e}"))?;
+            let bound = l.local_addr().map_err(|e| e.to_string())?;
+            tokio::spawn(admin::run(l, health.clone(), async {
+                let _ = admin_stopped.await;
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+    health.set_ready(true);
+    tracing::info!(
+        addr = %addr,
+        admin_addr = admin_addr.map(|a| a.to_string()),
+        tokens,
+        policy_version = version,
+        "listening"
+    );
+    let h = health.clone();
+    run_gateway(listener, tls, policy, opts, async move {
+        shutdown_signal().await;
+        h.set_ready(false);
+        tracing::info!("shutdown requested");
+    })
+    .await;
+    let _ = stop_admin.send(());
+    tracing::info!("stopped");
+    Ok(())
+}
