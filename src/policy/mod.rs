@@ -1,9 +1,13 @@
 //! The compiled policy: an immutable snapshot of tenants, upstreams and tokens that every
 //! request reads once, and the decisions made over it. Reloads swap a whole new snapshot in.
 
+pub mod bulk;
 pub mod domain;
+pub mod patch;
+pub mod query;
 pub mod route;
 pub mod scope;
+pub mod user;
 
 use crate::config::{Config, Mode, Problems};
 use crate::proxy::upstream::Upstream;

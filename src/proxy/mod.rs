@@ -11,6 +11,7 @@
 //! route_tenant      path prefix → tenant and SCIM operation; the token must be the tenant's
 //! authorize_scope   the operation needs a scope the token holds (403 otherwise)
 //! read_body         body buffered within limits; media type and encoding checked
+//! enforce_domains   bodies, stored users, lists and members kept inside the token's domains
 //! rewrite_locations backend URLs in headers and bodies become the gateway's
 //! forward           the pooled upstream call with the gateway's own credential
 //! ```
@@ -18,6 +19,8 @@
 pub mod access_log;
 pub mod authenticate;
 pub mod authorize_scope;
+pub mod directory;
+pub mod enforce_domains;
 pub mod forward;
 pub mod normalize_path;
 pub mod read_body;
@@ -105,6 +108,7 @@ where
         .layer(route_tenant::layer())
         .layer(authorize_scope::layer())
         .layer(read_body::layer())
+        .layer(enforce_domains::layer())
         .layer(rewrite_locations::layer())
         .service(forward::Forward)
 }

@@ -1,0 +1,191 @@
+//! What counts as a user's email addresses, and whether a user is inside a token's domains.
+//!
+//! A user's addresses are `userName` when it looks like an address (contains `@`) and every
+//! `emails[].value`, whatever the letter case of the attribute names and whether they are
+//! written bare or with the core schema URN. A user is in scope when it has at least one address
+//! and every address is valid and admitted; a user with no address only when the tenant allows
+//! it. Anything the gateway cannot read (an `emails` that is a number, a `value` that is an
+//! object) puts the user out of scope. Pure functions over parsed JSON.
+
+use super::domain::DomainSet;
+use serde_json::{Map, Value};
+
+/// The core User schema URN, which may qualify attribute names.
+pub const USER_URN: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+
+/// The core attributes that carry addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressAttr {
+    UserName,
+    Emails,
+}
+
+/// Classifies an attribute name (`emails`, `EMAILS`, `urn:…:core:2.0:User:emails`).
+pub fn address_attr(name: &str) -> Option<AddressAttr> {
+    let bare = strip_user_urn(name).unwrap_or(name);
+    if bare.eq_ignore_ascii_case("userName") {
+        Some(AddressAttr::UserName)
+    } else if bare.eq_ignore_ascii_case("emails") {
+        Some(AddressAttr::Emails)
+    } else {
+        None
+    }
+}
+
+/// The core Group schema URN.
+pub const GROUP_URN: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+
+/// `urn:…:core:2.0:User:attr` or `urn:…:core:2.0:Group:attr` → `attr` (case-insensitive on
+/// the URN).
+pub fn strip_user_urn(name: &str) -> Option<&str> {
+    [USER_URN, GROUP_URN].into_iter().find_map(|urn| {
+        let n = urn.len();
+        let hit = name.len() > n + 1
+            && name.is_char_boundary(n)
+            && name[..n].eq_ignore_ascii_case(urn)
+            && name.as_bytes()[n] == b':';
+        hit.then(|| &name[n + 1..])
+    })
+}
+
+/// Whether `key` is a core schema URN itself (an object of core attributes may sit under it).
+pub fn is_user_urn(key: &str) -> bool {
+    key.eq_ignore_ascii_case(USER_URN) || key.eq_ignore_ascii_case(GROUP_URN)
+}
+
+/// Finds a member of a JSON object by case-insensitive name.
+pub fn get_ci<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+}
+
+/// The addresses found in a user, or the fact that something could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub values: Vec<String>,
+    /// An address-bearing attribute had a shape the gateway cannot interpret.
+    pub unreadable: bool,
+}
+
+impl Addresses {
+    pub fn push_user_name(&mut self, v: &Value) {
+        match v {
+            Value::String(s) if s.contains('@') => self.values.push(s.clone()),
+            Value::String(_) | Value::Null => {}
+            _ => self.unreadable = true,
+        }
+    }
+
+    /// Adds the addresses of an `emails` value: an array of objects with `value`, a lone object,
+    /// or (leniently) bare strings.
+    pub fn push_emails(&mut self, v: &Value) {
+        match v {
+            Value::Null => {}
+            Value::Array(items) => items.iter().for_each(|i| self.push_email_item(i)),
+            Value::Object(_) => self.push_email_item(v),
+            _ => self.unreadable = true,
+        }
+    }
+
+    fn push_email_item(&mut self, item: &Value) {
+        match item {
+            Value::Object(o) => {
+                for (k, v) in o {
+                    if k.eq_ignore_ascii_case("value") {
+                        match v {
+                            Value::String(s) => self.values.push(s.clone()),
+                            Value::Null => {}
+                            _ => self.unreadable = true,
+                        }
+                    }
+                }
+            }
+            Value::String(s) => self.values.push(s.clone()),
+            Value::Null => {}
+            _ => self.unreadable = true,
+        }
+    }
+}
+
+/// Collects every address of a User resource.
+pub fn user_addresses(user: &Value) -> Addresses {
+    let mut out = Addresses::default();
+    match user {
+        Value::Object(obj) => collect(obj, &mut out, true),
+        _ => out.unreadable = true,
+    }
+    out
+}
+
+fn collect(obj: &Map<String, Value>, out: &mut Addresses, top: bool) {
+    for (k, v) in obj {
+        match address_attr(k) {
+            Some(AddressAttr::UserName) => out.push_user_name(v),
+            Some(AddressAttr::Emails) => out.push_emails(v),
+            None if top && is_user_urn(k) => match v {
+                Value::Object(inner) => collect(inner, out, false),
+                Value::Null => {}
+                _ => out.unreadable = true,
+            },
+            None => {}
+        }
+    }
+}
+
+/// Why a user is out of scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfScope {
+    /// An address is invalid or outside the token's domains.
+    Domain,
+    /// The user has no address and the tenant does not admit such users.
+    NoAddress,
+    /// An address-bearing attribute could not be read.
+    Unreadable,
+}
+
+impl OutOfScope {
+    pub fn reason(self) -> &'static str {
+        match self {
+            OutOfScope::Domain => "domain_out_of_scope",
+            OutOfScope::NoAddress => "user_without_email",
+            OutOfScope::Unreadable => "user_unreadable",
+        }
+    }
+}
+
+/// The domain policy one request is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct DomainPolicy<'a> {
+    pub domains: &'a DomainSet,
+    pub allow_users_without_email: bool,
+}
+
+impl DomainPolicy<'_> {
+    /// True when nothing needs inspecting: the token admits every domain.
+    pub fn unrestricted(&self) -> bool {
+        self.domains.is_unrestricted()
+    }
+
+    /// Judges a set of addresses.
+    pub fn judge(&self, a: &Addresses) -> Result<(), OutOfScope> {
+        if a.unreadable {
+            return Err(OutOfScope::Unreadable);
+        }
+        if a.values.is_empty() {
+            return if self.allow_users_without_email || self.unrestricted() {
+                Ok(())
+            } else {
+                Err(OutOfScope::NoAddress)
+            };
+        }
+        if a.values.iter().all(|v| self.domains.admits_address(v)) {
+            Ok(())
+        } else {
+            Err(OutOfScope::Domain)
+        }
+    }
+
+    /// Judges a User resource.
+    pub fn judge_user(&self, user: &Value) -> Result<(), OutOfScope> {
+        self.judge(&user_addresses(user))
+    }
+}

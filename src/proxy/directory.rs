@@ -1,0 +1,152 @@
+//! Reads the backend on the gateway's own behalf: the stored user behind a PUT, PATCH or DELETE
+//! (cached in moka by tenant and id, invalidated by writes through the gateway), group members,
+//! and list pages. Requests go through the same inner stack as client requests.
+
+use super::{ClientConn, GatewayResponse, Routed};
+use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
+use crate::policy::Tenant;
+use crate::scim::error::GatewayError;
+use crate::BoxError;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use moka::sync::Cache;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::{Service, ServiceExt};
+
+/// How long a stored user is trusted without asking the backend again.
+const USER_TTL: Duration = Duration::from_secs(30);
+const USER_CAPACITY: u64 = 100_000;
+
+/// The shared user cache.
+pub struct Directory {
+    users: Cache<(Arc<str>, Box<str>), Arc<Value>>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Directory {
+            users: Cache::builder()
+                .max_capacity(USER_CAPACITY)
+                .time_to_live(USER_TTL)
+                .build(),
+        }
+    }
+}
+
+impl Directory {
+    pub fn invalidate(&self, tenant: &Arc<str>, id: &str) {
+        self.users.invalidate(&(tenant.clone(), id.into()));
+    }
+}
+
+/// What the gateway's own requests carry over from the client's: the tenant, the host (for
+/// URLs in the answers) and the connection facts.
+#[derive(Clone)]
+pub struct Origin {
+    pub tenant: Arc<Tenant>,
+    pub host: Option<HeaderValue>,
+    pub conn: Option<ClientConn>,
+    pub request_id: Option<HeaderValue>,
+}
+
+impl Origin {
+    pub fn of<B>(req: &Request<B>, tenant: Arc<Tenant>) -> Self {
+        Origin {
+            tenant,
+            host: req.headers().get(header::HOST).cloned(),
+            conn: req.extensions().get::<ClientConn>().cloned(),
+            request_id: req.headers().get(&super::request_id::X_REQUEST_ID).cloned(),
+        }
+    }
+
+    /// Builds a gateway-originated request for `op`.
+    pub fn request(&self, method: Method, op: Operation, query: &str, body: Option<Vec<u8>>) -> Request<Bytes> {
+        let mut req = Request::new(body.map(Bytes::from).unwrap_or_default());
+        *req.method_mut() = method;
+        let uri = if query.is_empty() { "/".to_owned() } else { format!("/?{query}") };
+        *req.uri_mut() = uri.parse().unwrap_or_default();
+        let h = req.headers_mut();
+        h.insert(header::ACCEPT, HeaderValue::from_static(crate::scim::SCIM_JSON));
+        if !req.body().is_empty() {
+            req.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::scim::SCIM_JSON));
+        }
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
+        if let Some(id) = &self.request_id {
+            req.headers_mut().insert(super::request_id::X_REQUEST_ID.clone(), id.clone());
+        }
+        if let Some(c) = &self.conn {
+            req.extensions_mut().insert(c.clone());
+        }
+        req.extensions_mut().insert(Routed {
+            tenant: self.tenant.clone(),
+            op,
+        });
+        req
+    }
+}
+
+/// Sends a gateway-originated request through `inner`.
+pub async fn call<S>(inner: &S, req: Request<Bytes>) -> Result<GatewayResponse, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
+{
+    inner.clone().oneshot(req).await
+}
+
+/// Reads a response body as JSON.
+pub async fn json_of(resp: GatewayResponse) -> Result<(StatusCode, Value), BoxError> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let v = serde_json::from_slice(&bytes)
+        .map_err(|_| GatewayError::UpstreamInvalid("the backend's answer is not JSON"))?;
+    Ok((status, v))
+}
+
+fn get_op(rt: ResourceType, id: &str) -> Operation {
+    Operation {
+        endpoint: Endpoint::Resource(rt),
+        kind: OpKind::Get,
+        id: Some(id.into()),
+    }
+}
+
+/// The stored user with `id`, or `None` when the backend has none.
+pub async fn user<S>(dir: &Directory, inner: &S, origin: &Origin, id: &str) -> Result<Option<Arc<Value>>, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
+{
+    let key = (origin.tenant.id.clone(), Box::<str>::from(id));
+    if let Some(v) = dir.users.get(&key) {
+        return Ok(Some(v));
+    }
+    let resp = call(inner, origin.request(Method::GET, get_op(ResourceType::User, id), "", None)).await?;
+    match resp.status() {
+        StatusCode::OK => {
+            let (_, v) = json_of(resp).await?;
+            let v = Arc::new(v);
+            dir.users.insert(key, v.clone());
+            Ok(Some(v))
+        }
+        StatusCode::NOT_FOUND => Ok(None),
+        _ => Err(GatewayError::UpstreamInvalid("the backend refused the gateway's lookup").into()),
+    }
+}
+
+/// The stored group with `id`, or `None`.
+pub async fn group<S>(inner: &S, origin: &Origin, id: &str) -> Result<Option<Value>, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
+{
+    let resp = call(inner, origin.request(Method::GET, get_op(ResourceType::Group, id), "", None)).await?;
+    match resp.status() {
+        StatusCode::OK => Ok(Some(json_of(resp).await?.1)),
+        StatusCode::NOT_FOUND => Ok(None),
+        _ => Err(GatewayError::UpstreamInvalid("the backend refused the gateway's lookup").into()),
+    }
+}

@@ -1,0 +1,619 @@
+//! Keeps every request inside the token's email domains, on the way in and on the way out.
+//!
+//! In: bodies are parsed strictly; a created or replaced user must be in scope; the stored user
+//! behind a PUT, PATCH or DELETE must be in scope (else 404, as if missing); a PATCH is
+//! simulated and its result judged; group writes may only add (or remove) in-scope users;
+//! every Bulk operation is judged as if sent alone. Out: a single user outside the scope is a
+//! 404; lists and searches are paged through by the gateway so only in-scope users are
+//! returned and `totalResults` counts only them; group members outside the scope are removed;
+//! `/ServiceProviderConfig` advertises what the token may do. In `report_only` mode every
+//! refusal is logged as `would_deny` and the request proceeds untouched.
+
+use super::access_log::RecordHandle;
+use super::directory::{self, Directory, Origin};
+use super::{Authenticated, GatewayResponse, Routed, Snapshot};
+use crate::config::Mode;
+use crate::policy::bulk::{parse_bulk, MAX_OPERATIONS};
+use crate::policy::patch::{group_member_changes, judge_user_patch, PatchDenial};
+use crate::policy::query::{list_resources, list_response, strip_attrs, ScimQuery};
+use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
+use crate::policy::scope::authorize;
+use crate::policy::user::{get_ci, AddressAttr, DomainPolicy, OutOfScope};
+use crate::scim::error::GatewayError;
+use crate::scim::json::{parse_strict, MAX_DEPTH};
+use crate::token::TokenEntry;
+use crate::BoxError;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// Backend page size when the gateway pages through a list.
+const SCAN_PAGE: usize = 200;
+/// The most resources the gateway scans for one list request (400 `tooMany` beyond).
+const MAX_SCAN: usize = 20_000;
+
+#[derive(Clone, Default)]
+pub struct EnforceDomainsLayer {
+    dir: Arc<Directory>,
+}
+
+pub fn layer() -> EnforceDomainsLayer {
+    EnforceDomainsLayer::default()
+}
+
+impl<S> Layer<S> for EnforceDomainsLayer {
+    type Service = EnforceDomains<S>;
+    fn layer(&self, inner: S) -> EnforceDomains<S> {
+        EnforceDomains {
+            inner,
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EnforceDomains<S> {
+    inner: S,
+    dir: Arc<Directory>,
+}
+
+impl<S> Service<Request<Bytes>> for EnforceDomains<S>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = GatewayResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<GatewayResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let inner = self.inner.clone();
+        let dir = self.dir.clone();
+        Box::pin(async move { enforce(inner, dir, req).await })
+    }
+}
+
+/// Everything one request is judged by.
+struct Ctx<S> {
+    inner: S,
+    dir: Arc<Directory>,
+    origin: Origin,
+    token: Arc<TokenEntry>,
+    report_only: bool,
+    record: Option<RecordHandle>,
+    max_body: usize,
+}
+
+impl<S> Ctx<S>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    fn policy(&self) -> DomainPolicy<'_> {
+        DomainPolicy {
+            domains: &self.token.domains,
+            allow_users_without_email: self.origin.tenant.allow_users_without_email,
+        }
+    }
+
+    /// Applies a verdict: an error in enforce mode; a `would_deny` note in report-only mode.
+    fn verdict(&self, r: Result<(), GatewayError>) -> Result<(), GatewayError> {
+        match r {
+            Err(e) if self.report_only => {
+                tracing::info!(reason = e.reason(), "report_only: request would be denied");
+                if let Some(rec) = &self.record {
+                    rec.update(|r| {
+                        r.decision = Some("would_deny");
+                        r.reason = Some(e.reason());
+                    });
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn forward(&self, req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
+        directory::call(&self.inner, req).await
+    }
+
+    /// The stored user `id` if it is in scope; otherwise the same 404 a missing user gets.
+    async fn owned_user(&self, id: &str) -> Result<Option<Arc<Value>>, BoxError> {
+        let user = directory::user(&self.dir, &self.inner, &self.origin, id).await?;
+        let visible = match &user {
+            Some(u) => self.policy().judge_user(u).map_err(|e| e.reason()),
+            None => Err("resource_missing"),
+        };
+        match visible {
+            Ok(()) => Ok(user),
+            Err(reason) => {
+                self.verdict(Err(GatewayError::Hidden { reason }))?;
+                Ok(user)
+            }
+        }
+    }
+
+    /// Whether `id` names a user this token may see.
+    async fn visible_user(&self, id: &str) -> Result<bool, BoxError> {
+        Ok(match directory::user(&self.dir, &self.inner, &self.origin, id).await? {
+            Some(u) => self.policy().judge_user(&u).is_ok(),
+            None => false,
+        })
+    }
+
+    /// Members may only be in-scope users (or users this Bulk request creates).
+    async fn check_members(&self, ids: &[String], created: &HashSet<String>) -> Result<(), BoxError> {
+        for id in ids {
+            if created.contains(id) {
+                continue;
+            }
+            if !self.visible_user(id).await? {
+                self.verdict(Err(GatewayError::forbidden(
+                    "member_out_of_scope",
+                    "a group member is not a user within the token's domains",
+                )))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A change that would drop members it does not name is allowed only when the group has no
+    /// members outside the scope.
+    async fn check_no_hidden_members(&self, group_id: &str) -> Result<(), BoxError> {
+        let Some(group) = directory::group(&self.inner, &self.origin, group_id).await? else {
+            return Ok(());
+        };
+        for id in member_ids(&group) {
+            if !self.visible_user(&id).await? {
+                self.verdict(Err(GatewayError::forbidden(
+                    "group_has_hidden_members",
+                    "the group has members outside the token's domains; add or remove members by id instead",
+                )))?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn judge_new_user(&self, body: &Value) -> Result<(), GatewayError> {
+        self.verdict(
+            self.policy()
+                .judge_user(body)
+                .map_err(|e| out_of_scope(e, "the user is not within the token's domains")),
+        )
+    }
+
+    /// Judges one write as if it were sent alone. `created` holds `bulkId:…` references to
+    /// resources earlier operations of the same Bulk request create.
+    async fn check_write(&self, op: &Operation, body: Option<&Value>, created: &HashSet<String>) -> Result<(), BoxError> {
+        let id = op.id.as_deref();
+        let fresh = id.is_some_and(|i| created.contains(i));
+        match (op.endpoint, op.kind) {
+            (Endpoint::Resource(ResourceType::User), OpKind::Create) => {
+                self.judge_new_user(body.ok_or(missing_body())?)?;
+            }
+            (Endpoint::Resource(ResourceType::User), OpKind::Replace) => {
+                if !fresh {
+                    self.owned_user(id.unwrap_or_default()).await?;
+                }
+                self.judge_new_user(body.ok_or(missing_body())?)?;
+            }
+            (Endpoint::Resource(ResourceType::User), OpKind::Patch) => {
+                let body = body.ok_or(missing_body())?;
+                let current = if fresh { None } else { self.owned_user(id.unwrap_or_default()).await? };
+                let current = current.as_deref().cloned().unwrap_or(Value::Object(Default::default()));
+                match judge_user_patch(&current, body, &self.policy()) {
+                    Ok(()) => {}
+                    Err(PatchDenial::Invalid(d)) => {
+                        return Err(GatewayError::BadRequest {
+                            reason: "patch_uninterpretable",
+                            scim_type: Some("invalidSyntax"),
+                            detail: d.into(),
+                        }
+                        .into())
+                    }
+                    Err(PatchDenial::OutOfScope(e)) => self.verdict(Err(out_of_scope(
+                        e,
+                        "the change would take the user outside the token's domains",
+                    )))?,
+                }
+            }
+            (Endpoint::Resource(ResourceType::User), OpKind::Delete) => {
+                if !fresh {
+                    self.owned_user(id.unwrap_or_default()).await?;
+                }
+            }
+            (Endpoint::Resource(ResourceType::Group), OpKind::Create | OpKind::Replace) => {
+                let body = body.ok_or(missing_body())?;
+                let members = match body.as_object().and_then(|o| get_ci(o, "members")) {
+                    Some(m) => collect_member_values(m)?,
+                    None => Vec::new(),
+                };
+                self.check_members(&members, created).await?;
+                if op.kind == OpKind::Replace && !fresh {
+                    self.check_no_hidden_members(id.unwrap_or_default()).await?;
+                }
+            }
+            (Endpoint::Resource(ResourceType::Group), OpKind::Patch) => {
+                let changes = group_member_changes(body.ok_or(missing_body())?).map_err(|d| GatewayError::BadRequest {
+                    reason: "patch_uninterpretable",
+                    scim_type: Some("invalidSyntax"),
+                    detail: d.into(),
+                })?;
+                self.check_members(&changes.added, created).await?;
+                self.check_members(&changes.removed, created).await?;
+                if changes.removes_unnamed && !fresh {
+                    self.check_no_hidden_members(id.unwrap_or_default()).await?;
+                }
+            }
+            (Endpoint::Resource(ResourceType::Group), OpKind::Delete) => {
+                if !fresh {
+                    self.check_no_hidden_members(id.unwrap_or_default()).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn invalidate(&self, op: &Operation) {
+        if let (Endpoint::Resource(ResourceType::User), Some(id)) = (op.endpoint, op.id.as_deref()) {
+            self.dir.invalidate(&self.origin.tenant.id, id);
+        }
+    }
+
+    /// Removes the members this token may not see from a group resource.
+    async fn filter_members(&self, group: &mut Value) -> Result<bool, BoxError> {
+        let Some(obj) = group.as_object_mut() else { return Ok(false) };
+        let Some(key) = obj.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned() else {
+            return Ok(false);
+        };
+        let Some(Value::Array(members)) = obj.get_mut(&key) else {
+            return Ok(false);
+        };
+        let mut kept = Vec::with_capacity(members.len());
+        let mut dropped = false;
+        for m in members.drain(..) {
+            let is_group = m
+                .as_object()
+                .and_then(|o| get_ci(o, "type"))
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("Group"));
+            let id = m.as_object().and_then(|o| get_ci(o, "value")).and_then(Value::as_str);
+            let keep = match id {
+                Some(id) if !is_group => self.visible_user(id).await?,
+                Some(_) => true,
+                None => false,
+            };
+            if keep {
+                kept.push(m);
+            } else {
+                dropped = true;
+            }
+        }
+        *members = kept;
+        Ok(dropped)
+    }
+}
+
+fn out_of_scope(e: OutOfScope, detail: &'static str) -> GatewayError {
+    GatewayError::forbidden(e.reason(), detail)
+}
+
+fn missing_body() -> GatewayError {
+    GatewayError::invalid_syntax("this operation needs a JSON body")
+}
+
+fn collect_member_values(v: &Value) -> Result<Vec<String>, GatewayError> {
+    let items = match v {
+        Value::Array(a) => a.as_slice(),
+        Value::Null => &[],
+        _ => return Err(GatewayError::invalid_syntax("members must be an array")),
+    };
+    items
+        .iter()
+        .map(|m| {
+            m.as_object()
+                .and_then(|o| get_ci(o, "value"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| GatewayError::invalid_syntax("each member needs a string \"value\""))
+        })
+        .collect()
+}
+
+fn member_ids(group: &Value) -> Vec<String> {
+    group
+        .as_object()
+        .and_then(|o| get_ci(o, "members"))
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| {
+                    !m.as_object()
+                        .and_then(|o| get_ci(o, "type"))
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.eq_ignore_ascii_case("Group"))
+                })
+                .filter_map(|m| m.as_object().and_then(|o| get_ci(o, "value")).and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_response(status: StatusCode, v: &Value, template: Option<&http::response::Parts>) -> GatewayResponse {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut resp = GatewayResponse::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Some(t) = template {
+        for (k, v) in t.headers.iter() {
+            if k != header::CONTENT_LENGTH {
+                resp.headers_mut().append(k.clone(), v.clone());
+            }
+        }
+    }
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::scim::SCIM_JSON));
+    resp
+}
+
+fn bad_query(detail: String) -> GatewayError {
+    GatewayError::BadRequest {
+        reason: "bad_query",
+        scim_type: Some("invalidValue"),
+        detail: detail.into(),
+    }
+}
+
+async fn enforce<S>(inner: S, dir: Arc<Directory>, mut req: Request<Bytes>) -> Result<GatewayResponse, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let ext = req.extensions();
+    let (Some(routed), Some(token), Some(snapshot)) = (
+        ext.get::<Routed>().cloned(),
+        ext.get::<Authenticated>().map(|a| a.0.clone()),
+        ext.get::<Snapshot>().map(|s| s.0.clone()),
+    ) else {
+        return Err(GatewayError::Internal("domain check before routing").into());
+    };
+    let op = routed.op.clone();
+    let ctx = Ctx {
+        origin: Origin::of(&req, routed.tenant.clone()),
+        record: ext.get::<RecordHandle>().cloned(),
+        report_only: routed.tenant.mode == Mode::ReportOnly,
+        token,
+        inner,
+        dir,
+        max_body: snapshot.limits.max_body_bytes,
+    };
+
+    // Bodies are read strictly for every token: what the gateway reads is what the backend reads.
+    let wants_body = matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Search | OpKind::Bulk);
+    let body: Option<Value> = if req.body().is_empty() {
+        if wants_body {
+            return Err(missing_body().into());
+        }
+        None
+    } else if !wants_body {
+        return Err(GatewayError::bad_request("unexpected_body", "this operation takes no request body").into());
+    } else {
+        Some(parse_strict(req.body(), MAX_DEPTH).map_err(|e| GatewayError::invalid_syntax(format!("invalid JSON body: {e}")))?)
+    };
+
+    if op.endpoint == Endpoint::ServiceProviderConfig {
+        let resp = ctx.forward(req).await?;
+        return advertise(resp, &ctx).await;
+    }
+    if op.kind == OpKind::Bulk {
+        let body = body.as_ref().ok_or(missing_body())?;
+        let ops = parse_bulk(body, MAX_OPERATIONS).map_err(|d| GatewayError::BadRequest {
+            reason: "bulk_invalid",
+            scim_type: Some("invalidSyntax"),
+            detail: d.into(),
+        })?;
+        for b in &ops {
+            authorize(ctx.token.scopes, &b.op).map_err(GatewayError::MissingScope)?;
+        }
+        if !ctx.policy().unrestricted() {
+            let mut created = HashSet::new();
+            for b in &ops {
+                // One refused operation fails the whole request before anything is forwarded.
+                ctx.check_write(&b.op, b.data, &created).await?;
+                if let (true, Some(id)) = (b.method == Method::POST, b.bulk_id) {
+                    created.insert(format!("bulkId:{id}"));
+                }
+            }
+        }
+        let touched: Vec<Operation> = ops.iter().map(|b| b.op.clone()).collect();
+        let resp = ctx.forward(req).await?;
+        touched.iter().for_each(|o| ctx.invalidate(o));
+        return Ok(resp);
+    }
+    if ctx.policy().unrestricted() || op.resource_type().is_none() {
+        return ctx.forward(req).await;
+    }
+
+    let empty = HashSet::new();
+    match (op.endpoint, op.kind) {
+        (_, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Delete) => {
+            ctx.check_write(&op, body.as_ref(), &empty).await?;
+            let resp = ctx.forward(req).await?;
+            ctx.invalidate(&op);
+            Ok(resp)
+        }
+        (Endpoint::Resource(ResourceType::User), OpKind::Get) => {
+            let q = ScimQuery::from_query(req.uri().query()).map_err(bad_query)?;
+            let new_uri = format!("/?{}", q.backend_query(None));
+            *req.uri_mut() = new_uri.parse().map_err(|_| bad_query("unusable query".into()))?;
+            let resp = ctx.forward(req).await?;
+            if resp.status() != StatusCode::OK {
+                return Ok(resp);
+            }
+            let (parts, body) = resp.into_parts();
+            let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let mut user: Value = serde_json::from_slice(&bytes)
+                .map_err(|_| GatewayError::UpstreamInvalid("the backend's user is not JSON"))?;
+            match ctx.policy().judge_user(&user) {
+                Ok(()) => {}
+                Err(e) => {
+                    ctx.verdict(Err(GatewayError::Hidden { reason: e.reason() }))?;
+                    return Ok(GatewayResponse::from_parts(parts, Full::new(bytes)));
+                }
+            }
+            strip_attrs(&mut user, &q.hidden_address_attrs());
+            Ok(json_response(StatusCode::OK, &user, Some(&parts)))
+        }
+        (Endpoint::Resource(ResourceType::User), OpKind::List | OpKind::Search) => {
+            let q = match (op.kind, &body) {
+                (OpKind::Search, Some(b)) => ScimQuery::from_search(b),
+                _ => ScimQuery::from_query(req.uri().query()),
+            }
+            .map_err(bad_query)?;
+            list_users(&ctx, &q, op.kind == OpKind::Search).await
+        }
+        (Endpoint::Resource(ResourceType::Group), OpKind::Get | OpKind::List | OpKind::Search) => {
+            let single = op.kind == OpKind::Get;
+            let resp = ctx.forward(req).await?;
+            if resp.status() != StatusCode::OK {
+                return Ok(resp);
+            }
+            let (parts, body) = resp.into_parts();
+            let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let mut v: Value = serde_json::from_slice(&bytes)
+                .map_err(|_| GatewayError::UpstreamInvalid("the backend's group is not JSON"))?;
+            let mut dropped = false;
+            if single {
+                dropped |= ctx.filter_members(&mut v).await?;
+            } else if let Some(rs) = v.as_object_mut().and_then(|o| {
+                let k = o.keys().find(|k| k.eq_ignore_ascii_case("Resources")).cloned()?;
+                o.get_mut(&k)?.as_array_mut()
+            }) {
+                for g in rs.iter_mut() {
+                    dropped |= ctx.filter_members(g).await?;
+                }
+            }
+            if dropped && ctx.report_only {
+                ctx.verdict(Err(GatewayError::forbidden("member_out_of_scope", "hidden group members")))?;
+                return Ok(GatewayResponse::from_parts(parts, Full::new(bytes)));
+            }
+            Ok(json_response(StatusCode::OK, &v, Some(&parts)))
+        }
+        _ => ctx.forward(req).await,
+    }
+}
+
+/// Pages through the backend and returns only the users this token may see, with
+/// `totalResults`, `startIndex` and `itemsPerPage` computed over them alone.
+async fn list_users<S>(ctx: &Ctx<S>, q: &ScimQuery, search: bool) -> Result<GatewayResponse, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let (start, count) = q.page();
+    let hidden: Vec<AddressAttr> = q.hidden_address_attrs();
+    let policy = ctx.policy();
+    let mut visible = Vec::new();
+    let mut out_of_scope = false;
+    let mut next = 1usize;
+    let mut scanned = 0usize;
+    loop {
+        let req = if search {
+            let body = serde_json::to_vec(&q.backend_search(next, SCAN_PAGE)).unwrap_or_default();
+            let op = Operation { endpoint: Endpoint::Resource(ResourceType::User), kind: OpKind::Search, id: None };
+            ctx.origin.request(Method::POST, op, "", Some(body))
+        } else {
+            let op = Operation { endpoint: Endpoint::Resource(ResourceType::User), kind: OpKind::List, id: None };
+            ctx.origin.request(Method::GET, op, &q.backend_query(Some((next, SCAN_PAGE))), None)
+        };
+        let resp = ctx.forward(req).await?;
+        if resp.status() != StatusCode::OK {
+            // The backend's own error (an invalid filter, say) carries no user data.
+            return Ok(resp);
+        }
+        let (_, mut page) = directory::json_of(resp).await?;
+        let (resources, total) = list_resources(&mut page)
+            .ok_or(GatewayError::UpstreamInvalid("the backend's list response has no Resources array"))?;
+        let n = resources.len();
+        for mut r in resources {
+            if policy.judge_user(&r).is_ok() {
+                strip_attrs(&mut r, &hidden);
+                visible.push(r);
+            } else {
+                out_of_scope = true;
+            }
+        }
+        scanned += n;
+        next += n;
+        if n == 0 || scanned >= total {
+            break;
+        }
+        if scanned >= MAX_SCAN {
+            return Err(GatewayError::BadRequest {
+                reason: "too_many_results",
+                scim_type: Some("tooMany"),
+                detail: "the filter matches more users than the gateway will scan; narrow it".into(),
+            }
+            .into());
+        }
+    }
+    if out_of_scope && ctx.report_only {
+        ctx.verdict(Err(GatewayError::Hidden { reason: "domain_out_of_scope" }))?;
+    }
+    let total = visible.len();
+    let page: Vec<Value> = visible.into_iter().skip(start - 1).take(count).collect();
+    Ok(json_response(StatusCode::OK, &list_response(page, total, start), None))
+}
+
+/// Rewrites `/ServiceProviderConfig` so it describes what this token may do through the gateway.
+async fn advertise<S>(resp: GatewayResponse, ctx: &Ctx<S>) -> Result<GatewayResponse, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    if resp.status() != StatusCode::OK {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(GatewayError::UpstreamInvalid("the backend's ServiceProviderConfig is not JSON").into());
+    };
+    if let Some(obj) = v.as_object_mut() {
+        let backend = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("bulk")).map(|(_, b)| b.clone());
+        let backend_ok = backend
+            .as_ref()
+            .and_then(|b| b.get("supported"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let backend_max = backend
+            .as_ref()
+            .and_then(|b| b.get("maxOperations"))
+            .and_then(Value::as_u64)
+            .unwrap_or(MAX_OPERATIONS as u64) as usize;
+        let allowed = backend_ok && ctx.token.scopes.contains(crate::policy::scope::Scope::Bulk);
+        obj.retain(|k, _| !k.eq_ignore_ascii_case("bulk"));
+        obj.insert(
+            "bulk".into(),
+            serde_json::json!({
+                "supported": allowed,
+                "maxOperations": if allowed { backend_max.min(MAX_OPERATIONS) } else { 0 },
+                "maxPayloadSize": if allowed { ctx.max_body } else { 0 },
+            }),
+        );
+    }
+    Ok(json_response(StatusCode::OK, &v, Some(&parts)))
+}
