@@ -56,7 +56,11 @@ impl Origin {
     pub fn of<B>(req: &Request<B>, tenant: Arc<Tenant>) -> Self {
         Origin {
             tenant,
-            host: req.headers().get(header::HOST).cloned(),
+            host: req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
             conn: req.extensions().get::<ClientConn>().cloned(),
             request_id: req.headers().get(&super::request_id::X_REQUEST_ID).cloned(),
         }
