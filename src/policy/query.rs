@@ -126,6 +126,50 @@ impl ScimQuery {
         hidden
     }
 
+    /// Whether the query carries list parameters (which a write or a retrieval cannot take).
+    pub fn has_list_params(&self) -> bool {
+        self.filter.is_some()
+            || self.start_index.is_some()
+            || self.count.is_some()
+            || self.sort_by.is_some()
+            || self.sort_order.is_some()
+    }
+
+    /// The client's query re-encoded canonically, exactly as parsed (for Groups).
+    pub fn canonical_query(&self) -> String {
+        let mut q = String::new();
+        let mut push = |k: &str, v: &str| {
+            if !q.is_empty() {
+                q.push('&');
+            }
+            q.push_str(k);
+            q.push('=');
+            q.extend(utf8_percent_encode(v, QUERY_VALUE));
+        };
+        if let Some(f) = &self.filter {
+            push("filter", f);
+        }
+        if let Some(s) = &self.sort_by {
+            push("sortBy", s);
+        }
+        if let Some(s) = &self.sort_order {
+            push("sortOrder", s);
+        }
+        if !self.attributes.is_empty() {
+            push("attributes", &self.attributes.join(","));
+        }
+        if !self.excluded.is_empty() {
+            push("excludedAttributes", &self.excluded.join(","));
+        }
+        if let Some(n) = self.start_index {
+            push("startIndex", &n.to_string());
+        }
+        if let Some(n) = self.count {
+            push("count", &n.to_string());
+        }
+        q
+    }
+
     /// The attribute selection sent to the backend: the client's, widened to include
     /// `userName` and `emails`.
     fn backend_selection(&self) -> (Vec<String>, Vec<String>) {

@@ -419,6 +419,9 @@ where
         return advertise(resp, &ctx).await;
     }
     if op.kind == OpKind::Bulk {
+        if req.uri().query().is_some_and(|q| !q.is_empty()) {
+            return Err(bad_query("/Bulk takes no query parameters".into()).into());
+        }
         let body = body.as_ref().ok_or(missing_body())?;
         let ops = parse_bulk(body, MAX_OPERATIONS).map_err(|d| GatewayError::BadRequest {
             reason: "bulk_invalid",
@@ -447,18 +450,32 @@ where
         return ctx.forward(req).await;
     }
 
+    // The query is parsed strictly and re-encoded: the parameters the gateway read are the
+    // parameters the backend gets, and nothing else.
+    let query = ScimQuery::from_query(req.uri().query()).map_err(bad_query)?;
+    let users = op.endpoint == Endpoint::Resource(ResourceType::User);
+    let is_list = matches!(op.kind, OpKind::List | OpKind::Search);
+    if !is_list && query.has_list_params() {
+        return Err(bad_query("filter, sorting and paging parameters only apply to lists".into()).into());
+    }
+    let forwarded = if users { query.backend_query(None) } else { query.canonical_query() };
+    if !(users && is_list) {
+        set_query(&mut req, &forwarded)?;
+    }
+
     let empty = HashSet::new();
     match (op.endpoint, op.kind) {
         (_, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Delete) => {
             ctx.check_write(&op, body.as_ref(), &empty).await?;
             let resp = ctx.forward(req).await?;
             ctx.invalidate(&op);
+            if users && matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch) {
+                return post_write_check(&ctx, resp).await;
+            }
             Ok(resp)
         }
         (Endpoint::Resource(ResourceType::User), OpKind::Get) => {
-            let q = ScimQuery::from_query(req.uri().query()).map_err(bad_query)?;
-            let new_uri = format!("/?{}", q.backend_query(None));
-            *req.uri_mut() = new_uri.parse().map_err(|_| bad_query("unusable query".into()))?;
+            let q = query;
             let resp = ctx.forward(req).await?;
             if resp.status() != StatusCode::OK {
                 return Ok(resp);
@@ -479,10 +496,9 @@ where
         }
         (Endpoint::Resource(ResourceType::User), OpKind::List | OpKind::Search) => {
             let q = match (op.kind, &body) {
-                (OpKind::Search, Some(b)) => ScimQuery::from_search(b),
-                _ => ScimQuery::from_query(req.uri().query()),
-            }
-            .map_err(bad_query)?;
+                (OpKind::Search, Some(b)) => ScimQuery::from_search(b).map_err(bad_query)?,
+                _ => query,
+            };
             list_users(&ctx, &q, op.kind == OpKind::Search).await
         }
         (Endpoint::Resource(ResourceType::Group), OpKind::Get | OpKind::List | OpKind::Search) => {
@@ -514,6 +530,41 @@ where
         }
         _ => ctx.forward(req).await,
     }
+}
+
+fn set_query(req: &mut Request<Bytes>, query: &str) -> Result<(), GatewayError> {
+    let uri = if query.is_empty() { "/".to_owned() } else { format!("/?{query}") };
+    *req.uri_mut() = uri.parse().map_err(|_| bad_query("unusable query".into()))?;
+    Ok(())
+}
+
+/// After a user write the backend answers with the stored user. If the backend's reading of
+/// the write differed from the gateway's and the user is now outside the token's domains, the
+/// write cannot be undone, but the client is not shown the user and the log says so loudly.
+async fn post_write_check<S>(ctx: &Ctx<S>, resp: GatewayResponse) -> Result<GatewayResponse, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    if !resp.status().is_success() || ctx.report_only {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    if !bytes.is_empty() {
+        if let Ok(user) = serde_json::from_slice::<Value>(&bytes) {
+            if let Err(e) = ctx.policy().judge_user(&user) {
+                tracing::error!(
+                    reason = e.reason(),
+                    tenant = &*ctx.origin.tenant.id,
+                    token_id = &*ctx.token.id,
+                    "the backend stored a user outside the token's domains after a write the gateway allowed"
+                );
+                return Err(GatewayError::UpstreamInvalid("the stored user is outside the token's domains").into());
+            }
+        }
+    }
+    Ok(GatewayResponse::from_parts(parts, Full::new(bytes)))
 }
 
 /// Pages through the backend and returns only the users this token may see, with

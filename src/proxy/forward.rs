@@ -58,6 +58,14 @@ pub fn upstream_headers(headers: &mut HeaderMap, conn: Option<&ClientConn>, cred
         HeaderName::from_static("x-forwarded-proto"),
         HeaderName::from_static("x-forwarded-host"),
         HeaderName::from_static("x-real-ip"),
+        // Headers some frameworks honour to change the method or path after the gateway has
+        // judged them.
+        HeaderName::from_static("x-http-method-override"),
+        HeaderName::from_static("x-http-method"),
+        HeaderName::from_static("x-method-override"),
+        HeaderName::from_static("x-original-url"),
+        HeaderName::from_static("x-rewrite-url"),
+        HeaderName::from_static("x-original-method"),
     ] {
         headers.remove(h);
     }

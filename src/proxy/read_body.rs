@@ -45,6 +45,9 @@ pub fn check_media_type(headers: &HeaderMap) -> Result<(), GatewayError> {
             ));
         }
     }
+    if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
+        return Err(GatewayError::UnsupportedMediaType("a request may carry one Content-Type"));
+    }
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

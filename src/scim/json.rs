@@ -1,7 +1,9 @@
 //! Strict JSON parsing for request bodies: the gateway must read a body exactly as any backend
 //! would, so anything two parsers could read differently is refused. Duplicate keys at any
-//! depth (one parser keeps the first, another the last), nesting deeper than a bound, invalid
-//! UTF-8 and trailing data are errors.
+//! depth (one parser keeps the first, another the last), keys that differ only in ASCII letter
+//! case (SCIM attribute names are case-insensitive, so `path` and `PATH` in one object are
+//! ambiguous), non-ASCII keys (SCIM attribute names are ASCII; this rules out Unicode case-folding
+//! tricks), nesting deeper than a bound, invalid UTF-8 and trailing data are errors.
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -83,8 +85,12 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.deeper()?;
         let mut out = Map::new();
+        let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            if !key.is_ascii() {
+                return Err(A::Error::custom(format_args!("non-ASCII key {key:?}")));
+            }
+            if !folded.insert(key.to_ascii_lowercase()) {
                 return Err(A::Error::custom(format_args!("duplicate key {key:?}")));
             }
             let v = map.next_value_seed(inner)?;
@@ -109,6 +115,13 @@ mod tests {
         let ok = "[".repeat(10) + &"]".repeat(10);
         assert!(parse_strict(ok.as_bytes(), MAX_DEPTH).is_ok());
         assert_eq!(parse_strict(br#"{"a":[1,2.5,"x",null,true]}"#, MAX_DEPTH).unwrap()["a"][2], "x");
+    }
+
+    #[test]
+    fn keys_differing_in_case_or_non_ascii_are_refused() {
+        assert!(parse_strict(br#"{"path":"a","PATH":"b"}"#, MAX_DEPTH).is_err());
+        assert!(parse_strict(br#"{"email\u017f":1}"#, MAX_DEPTH).is_err());
+        assert!(parse_strict(br#"{"emails":[{"value":"b\u00fccher@acme.com"}]}"#, MAX_DEPTH).is_ok());
     }
 
     #[test]
