@@ -81,7 +81,7 @@ pub struct AttrPath<'a> {
 pub fn parse_path(path: &str) -> Result<AttrPath<'_>, String> {
     let p = path.trim();
     let p = strip_user_urn(p).unwrap_or(p);
-    let p = if p.len() > 4 && p[..4].eq_ignore_ascii_case("urn:") {
+    let p = if p.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("urn:")) {
         // An extension attribute (`urn:…:enterprise:2.0:User:manager.value`): not a core
         // address attribute whatever follows, but keep its last segment for the record.
         return Ok(AttrPath {

@@ -47,6 +47,7 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
             }
             b'\\' | b';' => return Err(RouteError::BadPath("'\\' or ';' in path")),
             b if b < 0x21 || b == 0x7f => return Err(RouteError::BadPath("control character or space in path")),
+            b if b >= 0x80 => return Err(RouteError::BadPath("non-ASCII byte in path; percent-encode it")),
             _ => {
                 decoded.push(b as char);
                 i += 1;

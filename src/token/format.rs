@@ -44,7 +44,7 @@ fn base62_fixed(mut v: u32) -> String {
 
 /// Whether `s` has the shape of a scimgate token and its checksum is right.
 pub fn looks_like_token(s: &str) -> bool {
-    if s.len() != TOKEN_LEN || !s.starts_with(PREFIX) {
+    if s.len() != TOKEN_LEN || !s.is_ascii() || !s.starts_with(PREFIX) {
         return false;
     }
     let (head, check) = s.split_at(TOKEN_LEN - CHECK_LEN);

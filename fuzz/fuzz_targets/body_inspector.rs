@@ -1,0 +1,38 @@
+//! Fuzzes the body inspector: strict JSON parsing, then every decision the gateway makes over a
+//! request body (user judgement, PATCH simulation, group member changes, Bulk parsing, search
+//! queries). It must never panic or hang, and a user it admits must have only admitted addresses.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use scimgate::policy::bulk::parse_bulk;
+use scimgate::policy::domain::{DomainPattern, DomainSet};
+use scimgate::policy::patch::{group_member_changes, judge_user_patch};
+use scimgate::policy::query::ScimQuery;
+use scimgate::policy::user::{user_addresses, DomainPolicy};
+use scimgate::scim::json::{parse_strict, MAX_DEPTH};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(body) = parse_strict(data, MAX_DEPTH) else { return };
+    let domains = DomainSet::new(vec![
+        DomainPattern::parse("acme.com").unwrap(),
+        DomainPattern::parse("*.acme.io").unwrap(),
+    ]);
+    let policy = DomainPolicy { domains: &domains, allow_users_without_email: false };
+    if policy.judge_user(&body).is_ok() {
+        let a = user_addresses(&body);
+        assert!(!a.unreadable && !a.values.is_empty());
+        assert!(a.values.iter().all(|v| domains.admits_address(v)));
+    }
+    let stored = serde_json::json!({
+        "userName": "ada@acme.com",
+        "emails": [{"value": "ada@acme.com", "type": "work"}, {"value": "ada@eu.acme.io"}]
+    });
+    let _ = judge_user_patch(&stored, &body, &policy);
+    let _ = group_member_changes(&body);
+    let _ = parse_bulk(&body, 100);
+    let _ = ScimQuery::from_search(&body);
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = ScimQuery::from_query(Some(s));
+        let _ = scimgate::policy::route::normalize_path(s);
+    }
+});
