@@ -58,6 +58,9 @@ pub struct ServerSection {
     /// Time allowed for a client to send the whole request body (408 beyond).
     #[serde(default = "default_body_timeout")]
     pub body_read_timeout: HumanDuration,
+    /// Time allowed for a whole request, lookups and upstream calls included (504 beyond).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
     /// How long a SIGTERM waits for in-flight requests before closing connections.
     #[serde(default = "default_grace")]
     pub shutdown_grace: HumanDuration,
@@ -71,6 +74,9 @@ fn default_header_timeout() -> HumanDuration {
 }
 fn default_body_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(20))
@@ -316,6 +322,15 @@ fn validate_gateway(
     exists(problems, at, "server.tls.key", &gw.server.tls.key);
     if let Some(ca) = &gw.server.tls.client_ca {
         exists(problems, at, "server.tls.client_ca", ca);
+    }
+    for (key, d) in [
+        ("server.header_read_timeout", gw.server.header_read_timeout),
+        ("server.body_read_timeout", gw.server.body_read_timeout),
+        ("server.request_timeout", gw.server.request_timeout),
+    ] {
+        if d.0.is_zero() {
+            at(problems, key, "must be greater than 0".into());
+        }
     }
     if gw.server.max_body_bytes == 0 {
         at(problems, "server.max_body_bytes", "must be greater than 0".into());

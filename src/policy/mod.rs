@@ -34,6 +34,7 @@ pub struct Tenant {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 /// An immutable policy snapshot.
@@ -91,6 +92,7 @@ impl Policy {
             limits: Limits {
                 max_body_bytes: cfg.gateway.server.max_body_bytes,
                 body_read_timeout: cfg.gateway.server.body_read_timeout.0,
+                request_timeout: cfg.gateway.server.request_timeout.0,
             },
         })
     }

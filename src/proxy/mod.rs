@@ -6,6 +6,7 @@
 //! request_id        X-Request-Id: kept when sane, generated otherwise, echoed on the response
 //! scim_errors       every refusal below becomes a SCIM error response, here and only here
 //! snapshot_policy   the live policy is read once, so a reload never splits a request
+//! limit_request_time the whole request is bounded in time (504 beyond)
 //! normalize_path    the path is normalised once; that path is checked and forwarded
 //! authenticate      bearer token → token entry (401 otherwise)
 //! route_tenant      path prefix → tenant and SCIM operation; the token must be the tenant's
@@ -22,6 +23,7 @@ pub mod authorize_scope;
 pub mod directory;
 pub mod enforce_domains;
 pub mod forward;
+pub mod limit_request_time;
 pub mod normalize_path;
 pub mod read_body;
 pub mod request_id;
@@ -103,6 +105,7 @@ where
         .layer(request_id::layer())
         .layer(scim_errors::layer())
         .layer(snapshot_policy::layer(policy))
+        .layer(limit_request_time::layer())
         .layer(normalize_path::layer())
         .layer(authenticate::layer())
         .layer(route_tenant::layer())
