@@ -31,7 +31,10 @@ fn respond(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}"),
         "/readyz" if health.is_ready() => (StatusCode::OK, "{\"status\":\"ready\"}"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"not ready\"}"),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"status\":\"not ready\"}",
+        ),
         _ => (StatusCode::NOT_FOUND, "{\"status\":\"not found\"}"),
     };
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

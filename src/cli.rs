@@ -1,6 +1,9 @@
 //! The command line: `serve`, `check`, `token issue|list|revoke|suspend|resume`, `demo`.
 
-use crate::config::{self, format_duration, parse_duration, HumanDuration, Problems, Timestamp, TokenRecord, TokenStatus};
+use crate::config::{
+    self, format_duration, parse_duration, HumanDuration, Problems, Timestamp, TokenRecord,
+    TokenStatus,
+};
 use crate::policy::domain::{DomainPattern, DomainSet};
 use crate::policy::scope::Scope;
 use clap::{Args, Parser, Subcommand};
@@ -14,7 +17,11 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 const MAX_LIFETIME: Duration = Duration::from_secs(2 * 365 * 86_400);
 
 #[derive(Parser, Debug)]
-#[command(name = "scimgate", version, about = "A SCIM 2.0 gateway that enforces token, tenant, scope and email-domain policy")]
+#[command(
+    name = "scimgate",
+    version,
+    about = "A SCIM 2.0 gateway that enforces token, tenant, scope and email-domain policy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +63,20 @@ pub enum TokenCommand {
     Suspend(IdArgs),
     /// Resume a suspended token.
     Resume(IdArgs),
+    /// Issue a new secret for an entry; the old one keeps working until the overlap ends.
+    Rotate(RotateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RotateArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The token's id.
+    #[arg(long)]
+    pub id: String,
+    /// How long the old secret keeps working: default 1h, at most 24h, 0 for a leaked token.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub overlap: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -119,18 +140,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(a) => {
             crate::telemetry::init();
             let cfg = config::load(&a.config).map_err(|p| p.to_string())?;
-            runtime()?.block_on(crate::server::serve(cfg))
+            runtime()?.block_on(crate::server::serve(a.config.clone(), cfg))
         }
         Command::Check(a) => {
             let cfg = config::load(&a.config).map_err(|p| p.to_string())?;
             crate::policy::Policy::compile(&cfg).map_err(|p| p.to_string())?;
-            let s = &cfg.gateway.server;
-            crate::tls::server_config(
-                &cfg.resolve(&s.tls.cert),
-                &cfg.resolve(&s.tls.key),
-                s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)).as_deref(),
-            )
-            .map_err(|e| format!("{}: server.tls: {e}", cfg.path.display()))?;
+            crate::reload::tls_for(&cfg)?;
             println!("configuration ok");
             Ok(())
         }
@@ -153,7 +168,10 @@ fn token_context(config_path: &Path) -> Result<(config::GatewayFile, PathBuf), S
     let tokens = if gw.tokens_file.is_absolute() {
         gw.tokens_file.clone()
     } else {
-        config_path.parent().unwrap_or(Path::new(".")).join(&gw.tokens_file)
+        config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&gw.tokens_file)
     };
     Ok((gw, tokens))
 }
@@ -165,13 +183,17 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
         TokenCommand::Revoke(a) => set_status(&a, TokenStatus::Revoked),
         TokenCommand::Suspend(a) => set_status(&a, TokenStatus::Suspended),
         TokenCommand::Resume(a) => set_status(&a, TokenStatus::Active),
+        TokenCommand::Rotate(a) => rotate(a),
     }
 }
 
 fn issue(a: IssueArgs) -> Result<(), String> {
     let (gw, tokens_path) = token_context(&a.config)?;
     if !config::valid_id(&a.id) {
-        return Err(format!("invalid token id {:?}: use letters, digits, '-', '_' and '.'", a.id));
+        return Err(format!(
+            "invalid token id {:?}: use letters, digits, '-', '_' and '.'",
+            a.id
+        ));
     }
     let tenant = gw
         .tenants
@@ -181,13 +203,25 @@ fn issue(a: IssueArgs) -> Result<(), String> {
     let scopes: Vec<Scope> = if a.scopes.is_empty() {
         Scope::PROVISIONING.to_vec()
     } else {
-        a.scopes.iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+        a.scopes
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?
     };
-    let tenant_set = DomainSet::new(tenant.domains.iter().filter_map(|d| DomainPattern::parse(d).ok()).collect());
+    let tenant_set = DomainSet::new(
+        tenant
+            .domains
+            .iter()
+            .filter_map(|d| DomainPattern::parse(d).ok())
+            .collect(),
+    );
     for d in &a.domains {
         let p = DomainPattern::parse(d)?;
         if !tenant_set.covers(&p) {
-            return Err(format!("domain {d:?} is outside tenant {:?}'s domains", a.tenant));
+            return Err(format!(
+                "domain {d:?} is outside tenant {:?}'s domains",
+                a.tenant
+            ));
         }
     }
     let lifetime = match (a.expires_in, a.never_expires) {
@@ -203,7 +237,8 @@ fn issue(a: IssueArgs) -> Result<(), String> {
         (Some(d), false) => Some(d),
         (None, false) => Some(DEFAULT_LIFETIME),
     };
-    let token = crate::token::generate().map_err(|e| format!("the OS random source failed: {e}"))?;
+    let token =
+        crate::token::generate().map_err(|e| format!("the OS random source failed: {e}"))?;
     let now = Timestamp::now();
     let record = TokenRecord {
         id: a.id.clone(),
@@ -216,10 +251,14 @@ fn issue(a: IssueArgs) -> Result<(), String> {
         status: TokenStatus::Active,
         created_at: Some(now),
         hint: Some(crate::token::hint(&token)),
+        previous: None,
     };
     crate::token::update_tokens_file(&tokens_path, |f| {
         if f.tokens.iter().any(|t| t.id == record.id) {
-            return Err(format!("a token with id {:?} already exists; pick another id or revoke it", record.id));
+            return Err(format!(
+                "a token with id {:?} already exists; pick another id or revoke it",
+                record.id
+            ));
         }
         f.tokens.push(record.clone());
         Ok(())
@@ -234,35 +273,129 @@ fn issue(a: IssueArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn ago(now: u64, t: u64) -> String {
+    if t == 0 {
+        return "never".into();
+    }
+    format!(
+        "{} ago",
+        format_duration(
+            Duration::from_secs(now.saturating_sub(t) / 60 * 60).max(Duration::from_secs(60))
+        )
+    )
+}
+
 fn list(config_path: &Path) -> Result<(), String> {
-    let (_, tokens_path) = token_context(config_path)?;
+    let (gw, tokens_path) = token_context(config_path)?;
+    let state_dir = match &gw.state_dir {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => config_path.parent().unwrap_or(Path::new(".")).join(p),
+        None => config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("scimgate-state"),
+    };
+    let usage = crate::token::usage::read_usage(&state_dir);
     let src = std::fs::read_to_string(&tokens_path)
         .map_err(|e| format!("{}: cannot read the file: {e}", tokens_path.display()))?;
     let mut problems = Problems::default();
-    let file: config::TokensFile =
-        config::parse_yaml(&tokens_path, &src, &mut problems).ok_or_else(|| problems.to_string())?;
-    println!("{:<24} {:<12} {:<10} {:<6} {:<22} {:<10} SCOPES / DOMAINS", "ID", "TENANT", "STATUS", "HINT", "EXPIRES", "IDLE");
+    let file: config::TokensFile = config::parse_yaml(&tokens_path, &src, &mut problems)
+        .ok_or_else(|| problems.to_string())?;
+    println!(
+        "{:<20} {:<10} {:<10} {:<5} {:<34} {:<8} {:<12} SCOPES / DOMAINS",
+        "ID", "TENANT", "STATUS", "HINT", "EXPIRES", "IDLE", "LAST USED"
+    );
     let now = Timestamp::now();
     for t in &file.tokens {
         let expires = match t.expires_at {
             None => "never".to_owned(),
             Some(e) if e <= now => format!("{e} (expired)"),
-            Some(e) => e.to_string(),
+            Some(e) => {
+                let left = e.unix() - now.unix();
+                let warn = if left <= crate::reload::EXPIRY_WARNING.as_secs() {
+                    " !"
+                } else {
+                    ""
+                };
+                format!(
+                    "{e} (in {}){warn}",
+                    format_duration(
+                        Duration::from_secs(left / 86_400 * 86_400)
+                            .max(Duration::from_secs(86_400))
+                    )
+                )
+            }
         };
+        let last_used = usage
+            .get(&t.id)
+            .map(|u| ago(now.unix(), *u))
+            .unwrap_or_else(|| "never".into());
         let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
-        let domains = t.domains.as_ref().map(|d| d.join(",")).unwrap_or_else(|| "(tenant's)".into());
+        let domains = t
+            .domains
+            .as_ref()
+            .map(|d| d.join(","))
+            .unwrap_or_else(|| "(tenant's)".into());
         println!(
-            "{:<24} {:<12} {:<10} {:<6} {:<22} {:<10} {} / {}",
+            "{:<20} {:<10} {:<10} {:<5} {:<34} {:<8} {:<12} {} / {}",
             t.id,
             t.tenant,
             t.status.as_str(),
             t.hint.as_deref().unwrap_or("-"),
             expires,
-            t.idle_timeout.map(|d| format_duration(d.0)).unwrap_or_else(|| "-".into()),
+            t.idle_timeout
+                .map(|d| format_duration(d.0))
+                .unwrap_or_else(|| "-".into()),
+            last_used,
             scopes.join(","),
             domains
         );
+        if let Some(p) = &t.previous {
+            if p.expires_at > now {
+                println!("{:<20} previous secret accepted until {}", "", p.expires_at);
+            }
+        }
     }
+    Ok(())
+}
+
+const MAX_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+fn rotate(a: RotateArgs) -> Result<(), String> {
+    if a.overlap > MAX_OVERLAP {
+        return Err(format!(
+            "--overlap {} is longer than the 24h maximum",
+            format_duration(a.overlap)
+        ));
+    }
+    let (_, tokens_path) = token_context(&a.config)?;
+    let token =
+        crate::token::generate().map_err(|e| format!("the OS random source failed: {e}"))?;
+    let now = Timestamp::now();
+    crate::token::update_tokens_file(&tokens_path, |f| {
+        let t = f
+            .tokens
+            .iter_mut()
+            .find(|t| t.id == a.id)
+            .ok_or_else(|| format!("no token with id {:?}", a.id))?;
+        if t.status == TokenStatus::Revoked {
+            return Err(format!("token {:?} is revoked; issue a new one", a.id));
+        }
+        // At most two live secrets: the new one and the one it replaces.
+        t.previous = (!a.overlap.is_zero()).then(|| config::PreviousSecret {
+            sha256: t.sha256.clone(),
+            expires_at: Timestamp(now.0 + a.overlap),
+        });
+        t.sha256 = hex::encode(crate::token::hash(&token));
+        t.hint = Some(crate::token::hint(&token));
+        Ok(())
+    })?;
+    println!("{token}");
+    eprintln!(
+        "rotated token {:?}; the new secret is shown only this once; the old one works for {}",
+        a.id,
+        format_duration(a.overlap)
+    );
     Ok(())
 }
 

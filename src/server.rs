@@ -5,6 +5,9 @@ use crate::admin::{self, Health};
 use crate::config::Config;
 use crate::policy::{self, Policy, PolicyHandle};
 use crate::proxy::{self, ClientConn};
+use crate::reload::{self, Reloader, TlsHandle};
+use crate::token::usage::UsageStore;
+use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,12 +43,11 @@ impl ServeOptions {
 /// lets in-flight requests finish (up to `shutdown_grace`) and returns.
 pub async fn run_gateway(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: TlsHandle,
     policy: PolicyHandle,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let stack = proxy::stack::<Incoming>(policy);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -53,7 +55,10 @@ pub async fn run_gateway(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -70,7 +75,8 @@ pub async fn run_gateway(
         };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(remote);
-        let acceptor = acceptor.clone();
+        // Certificates reload without a restart: each connection takes the current ones.
+        let acceptor = TlsAcceptor::from(tls.load_full());
         let stack = stack.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -105,7 +111,10 @@ pub async fn run_gateway(
         });
     }
     drop(listener);
-    tracing::info!(grace_secs = opts.shutdown_grace.as_secs(), "draining in-flight requests");
+    tracing::info!(
+        grace_secs = opts.shutdown_grace.as_secs(),
+        "draining in-flight requests"
+    );
     if tokio::time::timeout(opts.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
@@ -136,26 +145,50 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `scimgate serve`: builds everything from a validated configuration and runs until a signal.
-pub async fn serve(cfg: Config) -> Result<(), String> {
-    let compiled = Policy::compile(&cfg).map_err(|p| p.to_string())?;
+/// `scimgate serve`: builds everything from a validated configuration and runs until a signal,
+/// reloading on SIGHUP and on file changes.
+pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), String> {
+    let usage = Arc::new(UsageStore::open(&cfg.state_dir())?);
+    let compiled = Policy::compile_with(&cfg, &usage).map_err(|p| p.to_string())?;
     let tokens = compiled.tokens.len();
     let policy = policy::handle(compiled);
-    let s = &cfg.gateway.server;
-    let tls = crate::tls::server_config(
-        &cfg.resolve(&s.tls.cert),
-        &cfg.resolve(&s.tls.key),
-        s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)).as_deref(),
-    )?;
+    let tls: TlsHandle = Arc::new(ArcSwap::new(reload::tls_for(&cfg)?));
+    reload::warn_expiring(&cfg);
     let opts = ServeOptions::from_config(&cfg);
-    run(cfg.gateway.server.listen, cfg.gateway.admin_listen, tls, policy, opts, tokens, &cfg.version).await
+    let reloader = Reloader {
+        config_path,
+        policy: policy.clone(),
+        tls: tls.clone(),
+        usage: usage.clone(),
+        listen: (cfg.gateway.server.listen, cfg.gateway.admin_listen),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
+    let flush_task = tokio::spawn(reload::flush_usage(usage, stopped(stop_rx)));
+    let result = run(
+        cfg.gateway.server.listen,
+        cfg.gateway.admin_listen,
+        tls,
+        policy,
+        opts,
+        tokens,
+        &cfg.version,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = reload_task.await;
+    let _ = flush_task.await;
+    result
 }
 
 /// Binds the listeners, announces them, and serves until SIGTERM/SIGINT.
 pub async fn run(
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
-    tls: Arc<rustls::ServerConfig>,
+    tls: TlsHandle,
     policy: PolicyHandle,
     opts: ServeOptions,
     tokens: usize,

@@ -27,7 +27,13 @@ tokens_file: tokens.yaml\n"
 }
 
 /// Adds a token to the configuration's token file and returns its secret.
-pub fn add_token(config_path: &Path, id: &str, tenant: &str, scopes: &[Scope], domains: Option<&[&str]>) -> String {
+pub fn add_token(
+    config_path: &Path,
+    id: &str,
+    tenant: &str,
+    scopes: &[Scope],
+    domains: Option<&[&str]>,
+) -> String {
     let tokens = config_path.with_file_name("tokens.yaml");
     let secret = crate::token::generate().expect("random");
     let record = TokenRecord {
@@ -41,6 +47,7 @@ pub fn add_token(config_path: &Path, id: &str, tenant: &str, scopes: &[Scope], d
         status: TokenStatus::Active,
         created_at: None,
         hint: None,
+        previous: None,
     };
     crate::token::update_tokens_file(&tokens, |f: &mut TokensFile| {
         f.tokens.push(record);

@@ -21,7 +21,8 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Reads the first private key of a PEM file. The error never includes key material.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: cannot read a private key: {e}", path.display()))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: cannot read a private key: {e}", path.display()))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -29,7 +30,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds the server configuration from PEM files.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain = read_certs(cert)?;
     let key = read_key(key)?;
     server_config_from(chain, key, client_ca)

@@ -13,7 +13,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 30s, 15m, 24h, 90d"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 30s, 15m, 24h, 90d"))
 }
 
 /// Formats with the largest whole unit, so a written file reads like the input.
@@ -30,7 +31,9 @@ pub fn format_duration(d: Duration) -> String {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -68,7 +71,11 @@ impl<'de> Deserialize<'de> for Timestamp {
         let s = String::deserialize(d)?;
         humantime::parse_rfc3339_weak(s.trim())
             .map(Timestamp)
-            .map_err(|e| serde::de::Error::custom(format!("invalid timestamp {s:?} ({e}); write e.g. 2027-02-20T00:00:00Z")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid timestamp {s:?} ({e}); write e.g. 2027-02-20T00:00:00Z"
+                ))
+            })
     }
 }
 
@@ -87,7 +94,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-5s").is_err());

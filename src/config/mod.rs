@@ -42,6 +42,10 @@ pub struct GatewayFile {
     pub upstream: UpstreamSection,
     pub tenants: Vec<TenantSection>,
     pub tokens_file: PathBuf,
+    /// Where the gateway keeps state that must survive restarts (token last-use times).
+    /// Default: `scimgate-state/` next to this file.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +186,17 @@ pub struct TokenRecord {
     /// The last four characters of the secret, so an operator can tell tokens apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The secret this one replaced, still accepted until `expires_at` (rotation overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousSecret>,
+}
+
+/// A rotated-out secret that keeps working until the overlap ends.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    pub sha256: String,
+    pub expires_at: Timestamp,
 }
 
 /// A loaded and validated configuration, with paths resolved against the config file.
@@ -199,6 +214,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The state directory (token last-use times).
+    pub fn state_dir(&self) -> PathBuf {
+        match &self.gateway.state_dir {
+            Some(p) => self.resolve(p),
+            None => self.resolve(Path::new("scimgate-state")),
+        }
+    }
+
     /// Resolves a path written in the configuration against the configuration's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         resolve_against(&self.path, p)
@@ -228,7 +251,8 @@ fn resolve_against(config_path: &Path, p: &Path) -> PathBuf {
 pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut problems = Problems::default();
     let gw_src = read(path, &mut problems).ok_or_else(|| problems.clone())?;
-    let gateway: GatewayFile = parse_yaml(path, &gw_src, &mut problems).ok_or_else(|| problems.clone())?;
+    let gateway: GatewayFile =
+        parse_yaml(path, &gw_src, &mut problems).ok_or_else(|| problems.clone())?;
     let gw_lines = LineIndex::build(&gw_src);
     let tokens_path = resolve_against(path, &gateway.tokens_file);
     let mut at = |problems: &mut Problems, key: &str, msg: String| {
@@ -273,7 +297,12 @@ fn read(path: &Path, problems: &mut Problems) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(s) => Some(s),
         Err(e) => {
-            problems.push(Problem::new(path, None, "", format!("cannot read the file: {e}")));
+            problems.push(Problem::new(
+                path,
+                None,
+                "",
+                format!("cannot read the file: {e}"),
+            ));
             None
         }
     }
@@ -312,10 +341,17 @@ fn validate_gateway(
     problems: &mut Problems,
     at: &mut impl FnMut(&mut Problems, &str, String),
 ) {
-    let exists = |problems: &mut Problems, at: &mut dyn FnMut(&mut Problems, &str, String), key: &str, p: &Path| {
+    let exists = |problems: &mut Problems,
+                  at: &mut dyn FnMut(&mut Problems, &str, String),
+                  key: &str,
+                  p: &Path| {
         let full = resolve_against(path, p);
         if !full.is_file() {
-            at(problems, key, format!("file {} does not exist", full.display()));
+            at(
+                problems,
+                key,
+                format!("file {} does not exist", full.display()),
+            );
         }
     };
     exists(problems, at, "server.tls.cert", &gw.server.tls.cert);
@@ -333,21 +369,40 @@ fn validate_gateway(
         }
     }
     if gw.server.max_body_bytes == 0 {
-        at(problems, "server.max_body_bytes", "must be greater than 0".into());
+        at(
+            problems,
+            "server.max_body_bytes",
+            "must be greater than 0".into(),
+        );
     }
     validate_upstream(path, &gw.upstream, "upstream", problems, at);
     if gw.tenants.is_empty() {
-        at(problems, "tenants", "at least one tenant is required".into());
+        at(
+            problems,
+            "tenants",
+            "at least one tenant is required".into(),
+        );
     }
     let mut ids = HashSet::new();
     let mut prefixes: Vec<(usize, &str)> = Vec::new();
     for (i, t) in gw.tenants.iter().enumerate() {
         let key = |k: &str| format!("tenants[{i}].{k}");
         if !valid_id(&t.id) {
-            at(problems, &key("id"), format!("invalid tenant id {:?}: use letters, digits, '-' and '_'", t.id));
+            at(
+                problems,
+                &key("id"),
+                format!(
+                    "invalid tenant id {:?}: use letters, digits, '-' and '_'",
+                    t.id
+                ),
+            );
         }
         if !ids.insert(t.id.as_str()) {
-            at(problems, &key("id"), format!("duplicate tenant id {:?}", t.id));
+            at(
+                problems,
+                &key("id"),
+                format!("duplicate tenant id {:?}", t.id),
+            );
         }
         match crate::policy::route::normalize_path(&t.path_prefix) {
             Ok(norm) if norm == t.path_prefix && norm != "/" => {
@@ -367,7 +422,11 @@ fn validate_gateway(
             ),
         }
         if t.domains.is_empty() {
-            at(problems, &key("domains"), "at least one domain (or \"*\") is required".into());
+            at(
+                problems,
+                &key("domains"),
+                "at least one domain (or \"*\") is required".into(),
+            );
         }
         for (j, d) in t.domains.iter().enumerate() {
             if let Err(e) = DomainPattern::parse(d) {
@@ -392,23 +451,47 @@ fn validate_upstream(
         Ok(uri) => {
             let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
             if !scheme_ok || uri.authority().is_none() {
-                at(problems, &format!("{key}.url"), format!("{:?} must be an absolute http:// or https:// URL", up.url));
+                at(
+                    problems,
+                    &format!("{key}.url"),
+                    format!("{:?} must be an absolute http:// or https:// URL", up.url),
+                );
             } else if uri.query().is_some() {
-                at(problems, &format!("{key}.url"), "must not carry a query string".into());
+                at(
+                    problems,
+                    &format!("{key}.url"),
+                    "must not carry a query string".into(),
+                );
             } else if up.ca.is_some() && uri.scheme_str() != Some("https") {
-                at(problems, &format!("{key}.ca"), "only applies to an https:// upstream".into());
+                at(
+                    problems,
+                    &format!("{key}.ca"),
+                    "only applies to an https:// upstream".into(),
+                );
             }
         }
-        Err(e) => at(problems, &format!("{key}.url"), format!("{:?} is not a URL: {e}", up.url)),
+        Err(e) => at(
+            problems,
+            &format!("{key}.url"),
+            format!("{:?} is not a URL: {e}", up.url),
+        ),
     }
     if let Some(ca) = &up.ca {
         let full = resolve_against(path, ca);
         if !full.is_file() {
-            at(problems, &format!("{key}.ca"), format!("file {} does not exist", full.display()));
+            at(
+                problems,
+                &format!("{key}.ca"),
+                format!("file {} does not exist", full.display()),
+            );
         }
     }
     if up.timeout.0.is_zero() {
-        at(problems, &format!("{key}.timeout"), "must be greater than 0".into());
+        at(
+            problems,
+            &format!("{key}.timeout"),
+            "must be greater than 0".into(),
+        );
     }
 }
 
@@ -429,7 +512,11 @@ fn expand_authorizations(
             match expand_env(raw) {
                 Ok(v) if http::HeaderValue::from_str(&v).is_ok() => Some(v),
                 Ok(_) => {
-                    at(problems, &key, "is not a valid header value after expansion".into());
+                    at(
+                        problems,
+                        &key,
+                        "is not a valid header value after expansion".into(),
+                    );
                     None
                 }
                 Err(e) => {
@@ -453,7 +540,8 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!("invalid variable name {name:?} in ${{...}}"));
         }
-        let val = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        let val =
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
         out.push_str(&val);
         rest = &after[end + 1..];
     }
@@ -476,23 +564,42 @@ fn validate_tokens(gw: &GatewayFile, file: &TokensFile, at: &mut impl FnMut(&str
     for (i, t) in file.tokens.iter().enumerate() {
         let key = |k: &str| format!("tokens[{i}].{k}");
         if !valid_id(&t.id) {
-            at(&key("id"), format!("invalid token id {:?}: use letters, digits, '-', '_' and '.'", t.id));
+            at(
+                &key("id"),
+                format!(
+                    "invalid token id {:?}: use letters, digits, '-', '_' and '.'",
+                    t.id
+                ),
+            );
         }
         if !ids.insert(t.id.as_str()) {
             at(&key("id"), format!("duplicate token id {:?}", t.id));
         }
-        let hash_ok = t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hash_ok {
-            at(&key("sha256"), "must be 64 hexadecimal characters (the SHA-256 of the token)".into());
-        } else if !hashes.insert(t.sha256.to_ascii_lowercase()) {
-            at(&key("sha256"), "duplicate hash: two entries share one secret".into());
+        let hashes_of = std::iter::once((key("sha256"), &t.sha256)).chain(
+            t.previous
+                .iter()
+                .map(|p| (key("previous.sha256"), &p.sha256)),
+        );
+        for (k, h) in hashes_of {
+            let hash_ok = h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hash_ok {
+                at(
+                    &k,
+                    "must be 64 hexadecimal characters (the SHA-256 of the token)".into(),
+                );
+            } else if !hashes.insert(h.to_ascii_lowercase()) {
+                at(&k, "duplicate hash: two entries share one secret".into());
+            }
         }
         if t.scopes.is_empty() {
             at(&key("scopes"), "at least one scope is required".into());
         }
         if let Some(idle) = t.idle_timeout {
             if idle.0.is_zero() {
-                at(&key("idle_timeout"), "must be greater than 0 (omit it for no idle expiry)".into());
+                at(
+                    &key("idle_timeout"),
+                    "must be greater than 0 (omit it for no idle expiry)".into(),
+                );
             }
         }
         let Some(tenant) = gw.tenants.iter().find(|x| x.id == t.tenant) else {
@@ -500,18 +607,26 @@ fn validate_tokens(gw: &GatewayFile, file: &TokensFile, at: &mut impl FnMut(&str
             continue;
         };
         let tenant_set = crate::policy::domain::DomainSet::new(
-            tenant.domains.iter().filter_map(|d| DomainPattern::parse(d).ok()).collect(),
+            tenant
+                .domains
+                .iter()
+                .filter_map(|d| DomainPattern::parse(d).ok())
+                .collect(),
         );
         if let Some(domains) = &t.domains {
             if domains.is_empty() {
-                at(&key("domains"), "must not be empty (omit it to use the tenant's domains)".into());
+                at(
+                    &key("domains"),
+                    "must not be empty (omit it to use the tenant's domains)".into(),
+                );
             }
             for (j, d) in domains.iter().enumerate() {
                 let dk = format!("tokens[{i}].domains[{j}]");
                 match DomainPattern::parse(d) {
-                    Ok(p) if !tenant_set.covers(&p) => {
-                        at(&dk, format!("domain {d:?} is outside tenant {:?}'s domains", t.tenant))
-                    }
+                    Ok(p) if !tenant_set.covers(&p) => at(
+                        &dk,
+                        format!("domain {d:?} is outside tenant {:?}'s domains", t.tenant),
+                    ),
                     Ok(_) => {}
                     Err(e) => at(&dk, e),
                 }

@@ -46,16 +46,30 @@ impl MemoryScim {
     pub fn all(&self, kind: &str) -> Vec<Value> {
         self.store
             .lock()
-            .map(|s| s.iter().filter(|((k, _), _)| *k == kind).map(|(_, v)| v.clone()).collect())
+            .map(|s| {
+                s.iter()
+                    .filter(|((k, _), _)| *k == kind)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Handles one request (body already read).
-    pub fn handle(&self, method: &Method, path_and_query: &str, host: &str, authorization: Option<&str>, body: &[u8]) -> (StatusCode, Option<Value>, Option<String>) {
+    pub fn handle(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        host: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> (StatusCode, Option<Value>, Option<String>) {
         if authorization != Some(self.credential.as_str()) {
             return error(StatusCode::UNAUTHORIZED, "bad credential");
         }
-        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         let Some(rest) = path.strip_prefix(&self.base) else {
             return error(StatusCode::NOT_FOUND, "unknown path");
         };
@@ -68,7 +82,11 @@ impl MemoryScim {
             }
             _ => return error(StatusCode::NOT_FOUND, "unknown endpoint"),
         };
-        let body: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(body).ok() };
+        let body: Option<Value> = if body.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(body).ok()
+        };
         let location = |id: &str| format!("http://{host}{}/{kind}/{id}", self.base);
         let Ok(mut store) = self.store.lock() else {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "poisoned");
@@ -89,19 +107,31 @@ impl MemoryScim {
                 let filter = query
                     .split('&')
                     .find_map(|kv| kv.strip_prefix("filter="))
-                    .map(|f| percent_encoding::percent_decode_str(&f.replace('+', " ")).decode_utf8_lossy().into_owned());
+                    .map(|f| {
+                        percent_encoding::percent_decode_str(&f.replace('+', " "))
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    });
                 let found: Vec<Value> = store
                     .iter()
-                    .filter(|((k, _), v)| *k == kind && filter.as_deref().is_none_or(|f| matches_eq(v, f)))
+                    .filter(|((k, _), v)| {
+                        *k == kind && filter.as_deref().is_none_or(|f| matches_eq(v, f))
+                    })
                     .map(|(_, v)| v.clone())
                     .collect();
                 (StatusCode::OK, Some(list(found)), None)
             }
             ("POST", Some(".search")) => {
-                let filter = body.as_ref().and_then(|b| b.get("filter")).and_then(Value::as_str).map(str::to_owned);
+                let filter = body
+                    .as_ref()
+                    .and_then(|b| b.get("filter"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 let found: Vec<Value> = store
                     .iter()
-                    .filter(|((k, _), v)| *k == kind && filter.as_deref().is_none_or(|f| matches_eq(v, f)))
+                    .filter(|((k, _), v)| {
+                        *k == kind && filter.as_deref().is_none_or(|f| matches_eq(v, f))
+                    })
                     .map(|(_, v)| v.clone())
                     .collect();
                 (StatusCode::OK, Some(list(found)), None)
@@ -127,7 +157,12 @@ impl MemoryScim {
                 let Some(current) = store.get_mut(&(kind, id.to_owned())) else {
                     return error(StatusCode::NOT_FOUND, "not found");
                 };
-                let ops = body.as_ref().and_then(|b| b.get("Operations")).and_then(Value::as_array).cloned().unwrap_or_default();
+                let ops = body
+                    .as_ref()
+                    .and_then(|b| b.get("Operations"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 for op in ops {
                     apply_patch(current, &op);
                 }
@@ -144,7 +179,9 @@ impl MemoryScim {
     /// Serves the backend on `listener` (plain HTTP/1.1) until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let me = self.clone();
             tokio::spawn(async move {
@@ -161,16 +198,36 @@ impl MemoryScim {
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        let auth = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let auth = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let (status, value, location) = self.handle(&parts.method, pq, host, auth, &body);
-        let bytes = value.map(|v| serde_json::to_vec(&v).unwrap_or_default()).unwrap_or_default();
+        let bytes = value
+            .map(|v| serde_json::to_vec(&v).unwrap_or_default())
+            .unwrap_or_default();
         let mut resp = Response::new(Full::new(Bytes::from(bytes)));
         *resp.status_mut() = status;
         if status != StatusCode::NO_CONTENT {
-            resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/scim+json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/scim+json"),
+            );
         }
         if let Some(l) = location.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
             resp.headers_mut().insert(header::LOCATION, l);
@@ -191,7 +248,9 @@ pub async fn spawn(base: &str, credential: &str) -> std::io::Result<(Arc<MemoryS
 fn error(status: StatusCode, detail: &str) -> (StatusCode, Option<Value>, Option<String>) {
     (
         status,
-        Some(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": status.as_str(), "detail": detail})),
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": status.as_str(), "detail": detail}),
+        ),
         None,
     )
 }
@@ -227,10 +286,16 @@ fn matches_eq(v: &Value, filter: &str) -> bool {
 }
 
 fn apply_patch(target: &mut Value, op: &Value) {
-    let kind = op.get("op").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+    let kind = op
+        .get("op")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let path = op.get("path").and_then(Value::as_str);
     let value = op.get("value").cloned().unwrap_or(Value::Null);
-    let Some(obj) = target.as_object_mut() else { return };
+    let Some(obj) = target.as_object_mut() else {
+        return;
+    };
     match (kind.as_str(), path) {
         ("add" | "replace", None) => {
             if let Value::Object(m) = value {

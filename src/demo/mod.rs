@@ -43,7 +43,15 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
 
     print_instructions(addr, &cert_path, &token);
     let opts = ServeOptions::from_config(&cfg);
-    server::run_gateway(listener, tls, policy::handle(compiled), opts, server::shutdown_signal()).await;
+    let tls = std::sync::Arc::new(arc_swap::ArcSwap::new(tls));
+    server::run_gateway(
+        listener,
+        tls,
+        policy::handle(compiled),
+        opts,
+        server::shutdown_signal(),
+    )
+    .await;
     drop(dir);
     Ok(())
 }
@@ -81,9 +89,15 @@ fn write_demo_token(dir: &Path, token: &str) -> Result<(), String> {
         status: config::TokenStatus::Active,
         created_at: Some(config::Timestamp::now()),
         hint: Some(crate::token::hint(token)),
+        previous: None,
     };
-    crate::token::write_tokens_file(&dir.join("tokens.yaml"), &config::TokensFile { tokens: vec![record] })
-        .map_err(|e| format!("cannot write tokens.yaml: {e}"))
+    crate::token::write_tokens_file(
+        &dir.join("tokens.yaml"),
+        &config::TokensFile {
+            tokens: vec![record],
+        },
+    )
+    .map_err(|e| format!("cannot write tokens.yaml: {e}"))
 }
 
 fn print_instructions(addr: SocketAddr, cert: &Path, token: &str) {

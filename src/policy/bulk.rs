@@ -21,17 +21,24 @@ pub struct BulkOp<'a> {
 /// Parses and classifies every operation; any operation the gateway cannot read fails the
 /// whole request.
 pub fn parse_bulk(body: &Value, max_operations: usize) -> Result<Vec<BulkOp<'_>>, String> {
-    let obj = body.as_object().ok_or("the Bulk body must be a JSON object")?;
+    let obj = body
+        .as_object()
+        .ok_or("the Bulk body must be a JSON object")?;
     let ops = get_ci(obj, "Operations")
         .and_then(Value::as_array)
         .ok_or("the Bulk body needs an \"Operations\" array")?;
     if ops.len() > max_operations {
-        return Err(format!("{} operations exceed maxOperations ({max_operations})", ops.len()));
+        return Err(format!(
+            "{} operations exceed maxOperations ({max_operations})",
+            ops.len()
+        ));
     }
     ops.iter()
         .enumerate()
         .map(|(i, op)| {
-            let o = op.as_object().ok_or_else(|| format!("Operations[{i}] must be an object"))?;
+            let o = op
+                .as_object()
+                .ok_or_else(|| format!("Operations[{i}] must be an object"))?;
             let method = get_ci(o, "method")
                 .and_then(Value::as_str)
                 .map(str::to_ascii_uppercase)
@@ -42,7 +49,9 @@ pub fn parse_bulk(body: &Value, max_operations: usize) -> Result<Vec<BulkOp<'_>>
                     "DELETE" => Some(Method::DELETE),
                     _ => None,
                 })
-                .ok_or_else(|| format!("Operations[{i}].method must be POST, PUT, PATCH or DELETE"))?;
+                .ok_or_else(|| {
+                    format!("Operations[{i}].method must be POST, PUT, PATCH or DELETE")
+                })?;
             let path = get_ci(o, "path")
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("Operations[{i}].path is required"))?;

@@ -148,7 +148,7 @@ impl DomainSet {
 
     /// True when the set admits every domain, so no user needs to be inspected.
     pub fn is_unrestricted(&self) -> bool {
-        self.patterns.iter().any(|p| *p == DomainPattern::Any)
+        self.patterns.contains(&DomainPattern::Any)
     }
 
     pub fn patterns(&self) -> &[DomainPattern] {
@@ -185,8 +185,14 @@ mod tests {
     #[test]
     fn normalises_case_trailing_dot_and_idna() {
         assert_eq!(normalize_domain("ACME.com.").as_deref(), Some("acme.com"));
-        assert_eq!(normalize_domain("bücher.de").as_deref(), Some("xn--bcher-kva.de"));
-        assert_eq!(normalize_domain("acme\u{FF0E}com").as_deref(), Some("acme.com"));
+        assert_eq!(
+            normalize_domain("bücher.de").as_deref(),
+            Some("xn--bcher-kva.de")
+        );
+        assert_eq!(
+            normalize_domain("acme\u{FF0E}com").as_deref(),
+            Some("acme.com")
+        );
         assert_eq!(normalize_domain("acme..com"), None);
         assert_eq!(normalize_domain("ac_me.com"), None);
         assert_eq!(normalize_domain("[10.0.0.1]"), None);

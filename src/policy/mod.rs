@@ -11,6 +11,7 @@ pub mod user;
 
 use crate::config::{Config, Mode, Problems};
 use crate::proxy::upstream::Upstream;
+use crate::token::usage::UsageStore;
 use crate::token::{TokenEntry, TokenIndex};
 use arc_swap::ArcSwap;
 use domain::{DomainPattern, DomainSet};
@@ -51,6 +52,12 @@ impl Policy {
     /// Compiles a validated configuration. Upstream clients are built here, so a bad upstream CA
     /// file is refused like any other problem.
     pub fn compile(cfg: &Config) -> Result<Policy, Problems> {
+        Self::compile_with(cfg, &UsageStore::in_memory())
+    }
+
+    /// Compiles with token last-use counters from `usage`, so idle expiry carries across
+    /// reloads and restarts.
+    pub fn compile_with(cfg: &Config, usage: &UsageStore) -> Result<Policy, Problems> {
         let now = crate::proxy::unix_now();
         let mut shared_default: Option<Arc<Upstream>> = None;
         let mut tenants = Vec::with_capacity(cfg.gateway.tenants.len());
@@ -83,7 +90,10 @@ impl Policy {
         }
         let tokens = TokenIndex::new(cfg.tokens.tokens.iter().filter_map(|rec| {
             let tenant = tenants.iter().find(|t| *t.id == *rec.tenant)?;
-            TokenEntry::from_record(rec, &tenant.domains, now)
+            let mut entry = TokenEntry::from_record(rec, &tenant.domains, now)?;
+            let initial = entry.last_used.load(std::sync::atomic::Ordering::Relaxed);
+            entry.last_used = usage.counter(&rec.id, initial);
+            Some(entry)
         }));
         Ok(Policy {
             version: cfg.version.as_str().into(),

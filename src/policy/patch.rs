@@ -3,7 +3,10 @@
 //! path-less value object (Entra's `{"emails[type eq \"work\"].value": …}`) nor a removal can
 //! move a user out of the token's domains. Operations the gateway cannot interpret are refused.
 
-use super::user::{address_attr, get_ci, is_user_urn, strip_user_urn, AddressAttr, Addresses, DomainPolicy, OutOfScope};
+use super::user::{
+    address_attr, get_ci, is_user_urn, strip_user_urn, AddressAttr, Addresses, DomainPolicy,
+    OutOfScope,
+};
 use serde_json::{Map, Value};
 
 /// Why a PATCH is refused.
@@ -33,7 +36,9 @@ pub struct PatchOp<'a> {
 
 /// Parses the `Operations` of a PatchOp body (member names case-insensitive).
 pub fn parse_ops(body: &Value) -> Result<Vec<PatchOp<'_>>, String> {
-    let obj = body.as_object().ok_or("the PATCH body must be a JSON object")?;
+    let obj = body
+        .as_object()
+        .ok_or("the PATCH body must be a JSON object")?;
     let ops = get_ci(obj, "Operations")
         .and_then(Value::as_array)
         .ok_or("the PATCH body needs an \"Operations\" array")?;
@@ -43,7 +48,11 @@ pub fn parse_ops(body: &Value) -> Result<Vec<PatchOp<'_>>, String> {
     ops.iter()
         .map(|op| {
             let o = op.as_object().ok_or("each operation must be an object")?;
-            let kind = match get_ci(o, "op").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+            let kind = match get_ci(o, "op")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
                 Some("add") => PatchOpKind::Add,
                 Some("replace") => PatchOpKind::Replace,
                 Some("remove") => PatchOpKind::Remove,
@@ -55,7 +64,10 @@ pub fn parse_ops(body: &Value) -> Result<Vec<PatchOp<'_>>, String> {
                 Some(_) => return Err("\"path\" must be a string".into()),
             };
             for k in o.keys() {
-                if !["op", "path", "value"].iter().any(|n| k.eq_ignore_ascii_case(n)) {
+                if !["op", "path", "value"]
+                    .iter()
+                    .any(|n| k.eq_ignore_ascii_case(n))
+                {
                     return Err(format!("unknown operation member {k:?}"));
                 }
             }
@@ -99,7 +111,9 @@ pub fn parse_path(path: &str) -> Result<AttrPath<'_>, String> {
     }
     let rest = &p[end..];
     let (filter, rest) = if let Some(r) = rest.strip_prefix('[') {
-        let close = r.rfind(']').ok_or_else(|| format!("unbalanced '[' in path {path:?}"))?;
+        let close = r
+            .rfind(']')
+            .ok_or_else(|| format!("unbalanced '[' in path {path:?}"))?;
         (Some(&r[..close]), &r[close + 1..])
     } else {
         (None, rest)
@@ -128,7 +142,9 @@ impl Email {
             Value::Object(o) => Email {
                 value: get_ci(o, "value").cloned(),
                 typ: get_ci(o, "type").and_then(Value::as_str).map(str::to_owned),
-                display: get_ci(o, "display").and_then(Value::as_str).map(str::to_owned),
+                display: get_ci(o, "display")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 primary: get_ci(o, "primary").and_then(Value::as_bool),
             },
             other => Email {
@@ -174,7 +190,9 @@ fn email_filter(filter: &str) -> Option<impl Fn(&Email) -> bool + '_> {
         return None;
     }
     Some(move |e: &Email| match attr.as_str() {
-        "value" => matches!((&e.value, text), (Some(Value::String(v)), Some(t)) if v.eq_ignore_ascii_case(t)),
+        "value" => {
+            matches!((&e.value, text), (Some(Value::String(v)), Some(t)) if v.eq_ignore_ascii_case(t))
+        }
         "type" => matches!((&e.typ, text), (Some(v), Some(t)) if v.eq_ignore_ascii_case(t)),
         "display" => matches!((&e.display, text), (Some(v), Some(t)) if v.eq_ignore_ascii_case(t)),
         _ => e.primary.unwrap_or(false) == boolean.unwrap_or(false),
@@ -227,7 +245,13 @@ impl Sim {
         }
     }
 
-    fn apply(&mut self, kind: PatchOpKind, path: Option<&str>, value: Option<&Value>, depth: usize) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        kind: PatchOpKind,
+        path: Option<&str>,
+        value: Option<&Value>,
+        depth: usize,
+    ) -> Result<(), String> {
         let Some(path) = path.filter(|p| !is_user_urn(p.trim())) else {
             // No path: the value is an object whose keys are attributes or paths.
             if kind == PatchOpKind::Remove {
@@ -250,9 +274,9 @@ impl Sim {
             None => return Ok(()),
         };
         match (attr, kind) {
-            (AddressAttr::UserName, _) if p.filter.is_some() || p.sub.is_some() => {
-                Err(format!("invalid path {path:?}: userName has no sub-attributes"))
-            }
+            (AddressAttr::UserName, _) if p.filter.is_some() || p.sub.is_some() => Err(format!(
+                "invalid path {path:?}: userName has no sub-attributes"
+            )),
             (AddressAttr::UserName, PatchOpKind::Remove) => {
                 self.user_name = None;
                 Ok(())
@@ -267,7 +291,12 @@ impl Sim {
         }
     }
 
-    fn apply_emails(&mut self, kind: PatchOpKind, p: &AttrPath<'_>, value: Option<&Value>) -> Result<(), String> {
+    fn apply_emails(
+        &mut self,
+        kind: PatchOpKind,
+        p: &AttrPath<'_>,
+        value: Option<&Value>,
+    ) -> Result<(), String> {
         let sub = p.sub.map(str::to_ascii_lowercase);
         let sub_is_value = sub.as_deref() == Some("value");
         let matcher = p.filter.map(email_filter);
@@ -286,7 +315,9 @@ impl Sim {
                     };
                     self.emails.retain(|e| {
                         !gone.iter().any(|g| match (&g.value, &e.value) {
-                            (Some(Value::String(a)), Some(Value::String(b))) => a.eq_ignore_ascii_case(b),
+                            (Some(Value::String(a)), Some(Value::String(b))) => {
+                                a.eq_ignore_ascii_case(b)
+                            }
                             _ => false,
                         })
                     });
@@ -372,19 +403,31 @@ impl Sim {
 }
 
 /// Judges a PATCH of `current` (the stored user, already known to be in scope).
-pub fn judge_user_patch(current: &Value, body: &Value, policy: &DomainPolicy<'_>) -> Result<(), PatchDenial> {
+pub fn judge_user_patch(
+    current: &Value,
+    body: &Value,
+    policy: &DomainPolicy<'_>,
+) -> Result<(), PatchDenial> {
     let ops = parse_ops(body).map_err(PatchDenial::Invalid)?;
     let mut sim = Sim::from_user(current);
     for op in &ops {
-        sim.apply(op.kind, op.path, op.value, 0).map_err(PatchDenial::Invalid)?;
+        sim.apply(op.kind, op.path, op.value, 0)
+            .map_err(PatchDenial::Invalid)?;
     }
     if sim.written.unreadable {
         return Err(PatchDenial::OutOfScope(OutOfScope::Unreadable));
     }
-    if !sim.written.values.iter().all(|v| policy.domains.admits_address(v)) {
+    if !sim
+        .written
+        .values
+        .iter()
+        .all(|v| policy.domains.admits_address(v))
+    {
         return Err(PatchDenial::OutOfScope(OutOfScope::Domain));
     }
-    policy.judge(&sim.addresses()).map_err(PatchDenial::OutOfScope)
+    policy
+        .judge(&sim.addresses())
+        .map_err(PatchDenial::OutOfScope)
 }
 
 /// The member ids a Group PATCH adds (`add`/`replace` of `members`, with or without a path)
@@ -422,7 +465,13 @@ fn member_ids(v: &Value, into: &mut Vec<String>) -> Result<(), String> {
     }
 }
 
-fn member_op(kind: PatchOpKind, path: Option<&str>, value: Option<&Value>, out: &mut MemberChanges, depth: usize) -> Result<(), String> {
+fn member_op(
+    kind: PatchOpKind,
+    path: Option<&str>,
+    value: Option<&Value>,
+    out: &mut MemberChanges,
+    depth: usize,
+) -> Result<(), String> {
     let Some(path) = path.filter(|p| !is_user_urn(p.trim())) else {
         if kind == PatchOpKind::Remove {
             return Err("a remove operation needs a path".into());

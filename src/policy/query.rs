@@ -8,7 +8,11 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 use serde_json::{Map, Value};
 
 /// Characters left as they are in a re-encoded query value (RFC 3986 unreserved).
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The most resources the gateway returns in one list response when the client names no count.
 pub const DEFAULT_PAGE: usize = 100;
@@ -27,14 +31,27 @@ pub struct ScimQuery {
     pub sort_order: Option<String>,
 }
 
-const NAMES: [&str; 7] = ["filter", "attributes", "excludedAttributes", "startIndex", "count", "sortBy", "sortOrder"];
+const NAMES: [&str; 7] = [
+    "filter",
+    "attributes",
+    "excludedAttributes",
+    "startIndex",
+    "count",
+    "sortBy",
+    "sortOrder",
+];
 
 fn split_list(v: &str) -> Vec<String> {
-    v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    v.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn parse_index(name: &str, v: &str) -> Result<usize, String> {
-    v.trim().parse::<usize>().map_err(|_| format!("{name} must be a non-negative integer"))
+    v.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("{name} must be a non-negative integer"))
 }
 
 impl ScimQuery {
@@ -58,7 +75,9 @@ impl ScimQuery {
 
     /// Parses a `POST /.search` body (a SearchRequest).
     pub fn from_search(body: &Value) -> Result<Self, String> {
-        let obj = body.as_object().ok_or("the search body must be a JSON object")?;
+        let obj = body
+            .as_object()
+            .ok_or("the search body must be a JSON object")?;
         let mut out = ScimQuery::default();
         let mut seen = [false; NAMES.len()];
         for (k, v) in obj {
@@ -76,7 +95,10 @@ impl ScimQuery {
             .position(|n| n.eq_ignore_ascii_case(name))
             .ok_or_else(|| format!("unsupported query parameter {name:?}"))?;
         if std::mem::replace(&mut seen[i], true) {
-            return Err(format!("query parameter {:?} appears more than once", NAMES[i]));
+            return Err(format!(
+                "query parameter {:?} appears more than once",
+                NAMES[i]
+            ));
         }
         let text = |v: &Value| -> Result<String, String> {
             match v {
@@ -108,7 +130,10 @@ impl ScimQuery {
 
     /// The client's page: start index (1-based) and count (bounded).
     pub fn page(&self) -> (usize, usize) {
-        (self.start_index.unwrap_or(1), self.count.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE))
+        (
+            self.start_index.unwrap_or(1),
+            self.count.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
+        )
     }
 
     /// Which address attributes the client did not ask for but the gateway must fetch: these
@@ -117,7 +142,8 @@ impl ScimQuery {
         let base = |a: &String| address_attr(a.split(['.', '[']).next().unwrap_or(a));
         let mut hidden = Vec::new();
         for attr in [AddressAttr::UserName, AddressAttr::Emails] {
-            let requested = self.attributes.is_empty() || self.attributes.iter().any(|a| base(a) == Some(attr));
+            let requested =
+                self.attributes.is_empty() || self.attributes.iter().any(|a| base(a) == Some(attr));
             let excluded = self.excluded.iter().any(|a| base(a) == Some(attr));
             if !requested || excluded {
                 hidden.push(attr);
@@ -177,12 +203,20 @@ impl ScimQuery {
         let mut attrs = self.attributes.clone();
         if !attrs.is_empty() {
             for want in ["userName", "emails"] {
-                if !attrs.iter().any(|a| base(a) == address_attr(want) && !a.contains(['.', '['])) {
+                if !attrs
+                    .iter()
+                    .any(|a| base(a) == address_attr(want) && !a.contains(['.', '[']))
+                {
                     attrs.push(want.to_owned());
                 }
             }
         }
-        let excluded = self.excluded.iter().filter(|a| base(a).is_none()).cloned().collect();
+        let excluded = self
+            .excluded
+            .iter()
+            .filter(|a| base(a).is_none())
+            .cloned()
+            .collect();
         (attrs, excluded)
     }
 
@@ -227,7 +261,10 @@ impl ScimQuery {
     pub fn backend_search(&self, start: usize, count: usize) -> Value {
         let (attrs, excluded) = self.backend_selection();
         let mut m = Map::new();
-        m.insert("schemas".into(), Value::from(vec!["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]));
+        m.insert(
+            "schemas".into(),
+            Value::from(vec!["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]),
+        );
         if let Some(f) = &self.filter {
             m.insert("filter".into(), Value::from(f.as_str()));
         }
@@ -269,8 +306,13 @@ pub fn strip_attrs(resource: &mut Value, hidden: &[AddressAttr]) {
 /// The `Resources` of a ListResponse and its `totalResults`.
 pub fn list_resources(body: &mut Value) -> Option<(Vec<Value>, usize)> {
     let obj = body.as_object_mut()?;
-    let total = get_ci(obj, "totalResults").and_then(Value::as_u64).unwrap_or(0) as usize;
-    let key = obj.keys().find(|k| k.eq_ignore_ascii_case("Resources")).cloned();
+    let total = get_ci(obj, "totalResults")
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as usize;
+    let key = obj
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("Resources"))
+        .cloned();
     let resources = match key.and_then(|k| obj.remove(&k)) {
         Some(Value::Array(a)) => a,
         None | Some(Value::Null) => Vec::new(),
@@ -282,7 +324,10 @@ pub fn list_resources(body: &mut Value) -> Option<(Vec<Value>, usize)> {
 /// A ListResponse over exactly the resources the token may see.
 pub fn list_response(resources: Vec<Value>, total: usize, start: usize) -> Value {
     let mut m = Map::new();
-    m.insert("schemas".into(), Value::from(vec!["urn:ietf:params:scim:api:messages:2.0:ListResponse"]));
+    m.insert(
+        "schemas".into(),
+        Value::from(vec!["urn:ietf:params:scim:api:messages:2.0:ListResponse"]),
+    );
     m.insert("totalResults".into(), Value::from(total));
     m.insert("startIndex".into(), Value::from(start));
     m.insert("itemsPerPage".into(), Value::from(resources.len()));

@@ -32,12 +32,16 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(RouteError::BadPath("truncated percent-encoding"))?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(RouteError::BadPath("truncated percent-encoding"))?;
                 let v = hex_pair(hex).ok_or(RouteError::BadPath("invalid percent-encoding"))?;
                 if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
                     decoded.push(v as char);
                 } else if matches!(v, b'/' | b'\\' | b';') || v < 0x20 || v == 0x7f {
-                    return Err(RouteError::BadPath("encoded '/', '\\', ';' or control character"));
+                    return Err(RouteError::BadPath(
+                        "encoded '/', '\\', ';' or control character",
+                    ));
                 } else {
                     decoded.push('%');
                     decoded.push(HEX[(v >> 4) as usize] as char);
@@ -46,8 +50,14 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
                 i += 3;
             }
             b'\\' | b';' => return Err(RouteError::BadPath("'\\' or ';' in path")),
-            b if b < 0x21 || b == 0x7f => return Err(RouteError::BadPath("control character or space in path")),
-            b if b >= 0x80 => return Err(RouteError::BadPath("non-ASCII byte in path; percent-encode it")),
+            b if b < 0x21 || b == 0x7f => {
+                return Err(RouteError::BadPath("control character or space in path"))
+            }
+            b if b >= 0x80 => {
+                return Err(RouteError::BadPath(
+                    "non-ASCII byte in path; percent-encode it",
+                ))
+            }
             _ => {
                 decoded.push(b as char);
                 i += 1;
@@ -127,7 +137,8 @@ impl Endpoint {
             Endpoint::ResourceTypes,
             Endpoint::Schemas,
         ];
-        ALL.into_iter().find(|e| e.canonical().eq_ignore_ascii_case(seg))
+        ALL.into_iter()
+            .find(|e| e.canonical().eq_ignore_ascii_case(seg))
     }
 }
 

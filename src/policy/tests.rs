@@ -1,1 +1,2281 @@
 use super::*;
+
+use crate::policy::bulk::parse_bulk;
+use crate::policy::domain::{DomainPattern, DomainSet};
+use crate::policy::patch::{group_member_changes, judge_user_patch, MemberChanges, PatchDenial};
+use crate::policy::query::{list_resources, list_response, strip_attrs, ScimQuery};
+use crate::policy::route::{
+    classify, normalize_path, Endpoint, OpKind, Operation, ResourceType, RouteError,
+};
+use crate::policy::scope::{authorize, required_scope, Scope, ScopeSet};
+use crate::policy::user::{user_addresses, AddressAttr, Addresses, DomainPolicy, OutOfScope};
+use http::Method;
+use serde_json::{json, Value};
+
+const URN: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP_URN: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+
+fn set(p: &[&str]) -> DomainSet {
+    DomainSet::new(p.iter().map(|s| DomainPattern::parse(s).unwrap()).collect())
+}
+
+/// `test_util::write_config`, with its YAML repaired if the fixture loses the indentation of the
+/// second tenant (a `\`-continued string literal strips leading whitespace).
+fn write_config(
+    dir: &std::path::Path,
+    backend: std::net::SocketAddr,
+    credential: &str,
+) -> std::path::PathBuf {
+    let path = crate::test_util::write_config(dir, backend, credential);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\n- id: globex", "\n  - id: globex")).unwrap();
+    path
+}
+
+fn acme() -> DomainSet {
+    set(&["acme.com", "*.acme.io"])
+}
+
+// ---------------------------------------------------------------------------------------------
+// route::normalize_path
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn normalize_path_accepts_and_canonicalises() {
+    let cases: &[(&str, &str)] = &[
+        ("/Users", "/Users"),
+        ("/%55sers", "/Users"),
+        ("/%55SERS", "/USERS"),
+        ("/%75sers", "/users"),
+        ("/Users/%7e%2D%2e%5F", "/Users/~-._"),
+        ("/Users/%41%7A%30", "/Users/Az0"),
+        // Other escapes stay encoded, upper-cased, and are never decoded twice.
+        ("/Users/%e2%82%ac", "/Users/%E2%82%AC"),
+        ("/Users/a%3ab", "/Users/a%3Ab"),
+        ("/Users/%20", "/Users/%20"),
+        ("/Users/%252F", "/Users/%252F"),
+        ("/Users/%25", "/Users/%25"),
+        ("/Users/%3F", "/Users/%3F"),
+        ("/Users/%23", "/Users/%23"),
+        // Dot segments.
+        ("/a/b/../c", "/a/c"),
+        ("/a/./b", "/a/b"),
+        ("/../..", "/"),
+        ("/..", "/"),
+        ("/.", "/"),
+        ("/a/b/../../../c", "/c"),
+        ("/users/../Users", "/Users"),
+        ("/Users/%2e%2e/Groups", "/Groups"),
+        ("/Users/%2E", "/Users"),
+        ("/Users/.%2e/Groups", "/Groups"),
+        ("/Users/...", "/Users/..."),
+        ("/Users/.x", "/Users/.x"),
+        // Repeated and trailing slashes.
+        ("//Users", "/Users"),
+        ("/Users//abc", "/Users/abc"),
+        ("/Users/", "/Users"),
+        ("/Users///", "/Users"),
+        ("///", "/"),
+        ("/", "/"),
+        // Reserved but harmless characters pass through.
+        ("/Users/a:b@c", "/Users/a:b@c"),
+        (
+            "/Schemas/urn:ietf:params:scim:schemas:core:2.0:User",
+            "/Schemas/urn:ietf:params:scim:schemas:core:2.0:User",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(
+            normalize_path(input).as_deref(),
+            Ok(*want),
+            "input {input:?}"
+        );
+    }
+}
+
+#[test]
+fn normalize_path_refuses_ambiguous_encodings() {
+    let cases: &[&str] = &[
+        "/Users%2Fabc",
+        "/Users%2fabc",
+        "/Users/%2F..%2F",
+        "/Users%5Cabc",
+        "/Users%5cabc",
+        "/Users/%00",
+        "/Users/%0a",
+        "/Users/%0D",
+        "/Users/%1f",
+        "/Users/%7F",
+        "/Users/%3B",
+        "/Users/%3bx",
+        "/Users;jsessionid=1",
+        "/Users/abc;x",
+        "/Users\\abc",
+        "/Users\\..\\Groups",
+        "/Users/a b",
+        "/Users/a\tb",
+        "/Users/a\u{7f}",
+        "/Users\n",
+        "/Users/%4",
+        "/Users/%",
+        "/Users/%zz",
+        "/Users/%g1",
+        "/Users/%1g",
+        "/Users/%-1",
+        "/Users/%+1",
+        "Users",
+        "",
+        "*",
+        "http://evil.example/Users",
+    ];
+    for input in cases {
+        assert!(
+            matches!(normalize_path(input), Err(RouteError::BadPath(_))),
+            "input {input:?} gave {:?}",
+            normalize_path(input)
+        );
+    }
+}
+
+#[test]
+fn normalize_path_is_idempotent() {
+    for input in [
+        "/%55sers/../Groups/%e2%82%ac",
+        "/a/./b//c/",
+        "/Users/%2e%2e",
+        "/x/%7e/%41",
+    ] {
+        let once = normalize_path(input).unwrap();
+        assert_eq!(normalize_path(&once).unwrap(), once, "input {input:?}");
+    }
+}
+
+#[test]
+fn normalize_path_does_not_mangle_raw_non_ascii() {
+    // A raw UTF-8 byte is either refused or kept as it was; never re-interpreted as Latin-1.
+    for input in [
+        "/Users/\u{e9}",
+        "/\u{55}sers/\u{ff}",
+        "/Users/\u{FF0F}x",
+        "/Users\u{2215}x",
+    ] {
+        let got = normalize_path(input);
+        assert!(
+            matches!(&got, Err(RouteError::BadPath(_))) || got.as_deref() == Ok(input),
+            "input {input:?} gave {got:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// route::classify and Operation::write_upstream_path
+// ---------------------------------------------------------------------------------------------
+
+fn op(endpoint: Endpoint, kind: OpKind, id: Option<&str>) -> Operation {
+    Operation {
+        endpoint,
+        kind,
+        id: id.map(Into::into),
+    }
+}
+
+const USERS: Endpoint = Endpoint::Resource(ResourceType::User);
+const GROUPS: Endpoint = Endpoint::Resource(ResourceType::Group);
+
+#[test]
+fn classify_every_endpoint_and_method() {
+    use Method as M;
+    let ok: Vec<(Method, &str, Operation)> = vec![
+        (M::GET, "/Users", op(USERS, OpKind::List, None)),
+        (M::GET, "/users", op(USERS, OpKind::List, None)),
+        (M::GET, "/USERS", op(USERS, OpKind::List, None)),
+        (M::POST, "/Users", op(USERS, OpKind::Create, None)),
+        (M::POST, "/uSeRs", op(USERS, OpKind::Create, None)),
+        (M::POST, "/Users/.search", op(USERS, OpKind::Search, None)),
+        (M::POST, "/Users/.SEARCH", op(USERS, OpKind::Search, None)),
+        (M::GET, "/Users/abc", op(USERS, OpKind::Get, Some("abc"))),
+        (
+            M::PUT,
+            "/Users/abc",
+            op(USERS, OpKind::Replace, Some("abc")),
+        ),
+        (
+            M::PATCH,
+            "/Users/abc",
+            op(USERS, OpKind::Patch, Some("abc")),
+        ),
+        (
+            M::DELETE,
+            "/Users/abc",
+            op(USERS, OpKind::Delete, Some("abc")),
+        ),
+        (
+            M::GET,
+            "/Users/bulkId:x",
+            op(USERS, OpKind::Get, Some("bulkId:x")),
+        ),
+        (M::GET, "/Groups", op(GROUPS, OpKind::List, None)),
+        (M::GET, "/groups", op(GROUPS, OpKind::List, None)),
+        (M::POST, "/Groups", op(GROUPS, OpKind::Create, None)),
+        (M::POST, "/Groups/.search", op(GROUPS, OpKind::Search, None)),
+        (M::GET, "/Groups/g1", op(GROUPS, OpKind::Get, Some("g1"))),
+        (
+            M::PUT,
+            "/Groups/g1",
+            op(GROUPS, OpKind::Replace, Some("g1")),
+        ),
+        (
+            M::PATCH,
+            "/GROUPS/g1",
+            op(GROUPS, OpKind::Patch, Some("g1")),
+        ),
+        (
+            M::DELETE,
+            "/Groups/g1",
+            op(GROUPS, OpKind::Delete, Some("g1")),
+        ),
+        (M::POST, "/Bulk", op(Endpoint::Bulk, OpKind::Bulk, None)),
+        (M::POST, "/bulk", op(Endpoint::Bulk, OpKind::Bulk, None)),
+        (
+            M::GET,
+            "/ServiceProviderConfig",
+            op(Endpoint::ServiceProviderConfig, OpKind::Discovery, None),
+        ),
+        (
+            M::GET,
+            "/serviceproviderconfig",
+            op(Endpoint::ServiceProviderConfig, OpKind::Discovery, None),
+        ),
+        (
+            M::GET,
+            "/ResourceTypes",
+            op(Endpoint::ResourceTypes, OpKind::Discovery, None),
+        ),
+        (
+            M::GET,
+            "/ResourceTypes/User",
+            op(Endpoint::ResourceTypes, OpKind::Discovery, Some("User")),
+        ),
+        (
+            M::GET,
+            "/Schemas",
+            op(Endpoint::Schemas, OpKind::Discovery, None),
+        ),
+        (
+            M::GET,
+            "/schemas/urn:x",
+            op(Endpoint::Schemas, OpKind::Discovery, Some("urn:x")),
+        ),
+        // classify ignores empty segments.
+        (M::GET, "Users", op(USERS, OpKind::List, None)),
+    ];
+    for (m, path, want) in ok {
+        assert_eq!(classify(&m, path), Ok(want), "{m} {path}");
+    }
+
+    let refused: Vec<(Method, &str, RouteError)> = vec![
+        (
+            M::GET,
+            "",
+            RouteError::NotImplemented("a query across all resource types at the tenant root"),
+        ),
+        (
+            M::GET,
+            "/",
+            RouteError::NotImplemented("a query across all resource types at the tenant root"),
+        ),
+        (M::POST, "", RouteError::MethodNotAllowed),
+        (M::DELETE, "/", RouteError::MethodNotAllowed),
+        (
+            M::POST,
+            "/.search",
+            RouteError::NotImplemented("POST /.search across all resource types"),
+        ),
+        (
+            M::POST,
+            "/.SEARCH",
+            RouteError::NotImplemented("POST /.search across all resource types"),
+        ),
+        (M::GET, "/.search", RouteError::MethodNotAllowed),
+        (M::GET, "/.search/x", RouteError::NotFound),
+        (
+            M::GET,
+            "/Me",
+            RouteError::NotImplemented("the /Me endpoint"),
+        ),
+        (
+            M::PATCH,
+            "/me",
+            RouteError::NotImplemented("the /Me endpoint"),
+        ),
+        (
+            M::DELETE,
+            "/ME",
+            RouteError::NotImplemented("the /Me endpoint"),
+        ),
+        (
+            M::GET,
+            "/Me/x/y",
+            RouteError::NotImplemented("the /Me endpoint"),
+        ),
+        (M::GET, "/Users/a/b", RouteError::NotFound),
+        (M::DELETE, "/Users/a/b", RouteError::NotFound),
+        (M::POST, "/Users/.search/x", RouteError::NotFound),
+        (M::DELETE, "/Users", RouteError::MethodNotAllowed),
+        (M::PUT, "/Users", RouteError::MethodNotAllowed),
+        (M::PATCH, "/Users", RouteError::MethodNotAllowed),
+        (M::HEAD, "/Users", RouteError::MethodNotAllowed),
+        (M::GET, "/Users/.search", RouteError::MethodNotAllowed),
+        (M::DELETE, "/Users/.search", RouteError::MethodNotAllowed),
+        (M::POST, "/Users/abc", RouteError::MethodNotAllowed),
+        (M::OPTIONS, "/Users/abc", RouteError::MethodNotAllowed),
+        (M::DELETE, "/Groups", RouteError::MethodNotAllowed),
+        (M::GET, "/Bulk", RouteError::MethodNotAllowed),
+        (M::DELETE, "/Bulk", RouteError::MethodNotAllowed),
+        (M::POST, "/Bulk/x", RouteError::NotFound),
+        (M::GET, "/ServiceProviderConfig/x", RouteError::NotFound),
+        (
+            M::POST,
+            "/ServiceProviderConfig",
+            RouteError::MethodNotAllowed,
+        ),
+        (M::PUT, "/Schemas", RouteError::MethodNotAllowed),
+        (
+            M::DELETE,
+            "/ResourceTypes/User",
+            RouteError::MethodNotAllowed,
+        ),
+        (M::GET, "/Schemas/a/b", RouteError::NotFound),
+        (M::GET, "/Unknown", RouteError::NotFound),
+        (M::POST, "/Unknown", RouteError::NotFound),
+        (M::GET, "/Userss", RouteError::NotFound),
+        (M::GET, "/User", RouteError::NotFound),
+        (M::GET, "/%55sers", RouteError::NotFound),
+    ];
+    for (m, path, want) in refused {
+        assert_eq!(classify(&m, path), Err(want), "{m} {path}");
+    }
+}
+
+#[test]
+fn write_upstream_path_uses_canonical_spelling() {
+    let cases: &[(Method, &str, &str)] = &[
+        (Method::GET, "/users", "/Users"),
+        (Method::POST, "/USERS", "/Users"),
+        (Method::POST, "/users/.SEARCH", "/Users/.search"),
+        (Method::GET, "/users/AbC", "/Users/AbC"),
+        (Method::PATCH, "/groups/g1", "/Groups/g1"),
+        (Method::POST, "/groups/.Search", "/Groups/.search"),
+        (Method::POST, "/bulk", "/Bulk"),
+        (
+            Method::GET,
+            "/serviceproviderconfig",
+            "/ServiceProviderConfig",
+        ),
+        (Method::GET, "/resourcetypes/User", "/ResourceTypes/User"),
+        (Method::GET, "/SCHEMAS", "/Schemas"),
+    ];
+    for (m, path, want) in cases {
+        let o = classify(m, path).unwrap();
+        let mut out = String::from("http://backend/base");
+        o.write_upstream_path(&mut out);
+        assert_eq!(out, format!("http://backend/base{want}"), "{m} {path}");
+    }
+    assert_eq!(
+        op(USERS, OpKind::Get, Some("1")).resource_type(),
+        Some(ResourceType::User)
+    );
+    assert_eq!(
+        op(GROUPS, OpKind::List, None).resource_type(),
+        Some(ResourceType::Group)
+    );
+    assert_eq!(op(Endpoint::Bulk, OpKind::Bulk, None).resource_type(), None);
+    assert_eq!(
+        op(Endpoint::Schemas, OpKind::Discovery, None).resource_type(),
+        None
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// scope
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn required_scope_for_every_operation() {
+    let cases: Vec<(Operation, Option<Scope>)> = vec![
+        (op(USERS, OpKind::List, None), Some(Scope::UsersRead)),
+        (op(USERS, OpKind::Search, None), Some(Scope::UsersRead)),
+        (op(USERS, OpKind::Get, Some("1")), Some(Scope::UsersRead)),
+        (op(USERS, OpKind::Create, None), Some(Scope::UsersWrite)),
+        (
+            op(USERS, OpKind::Replace, Some("1")),
+            Some(Scope::UsersWrite),
+        ),
+        (op(USERS, OpKind::Patch, Some("1")), Some(Scope::UsersWrite)),
+        (
+            op(USERS, OpKind::Delete, Some("1")),
+            Some(Scope::UsersWrite),
+        ),
+        (op(GROUPS, OpKind::List, None), Some(Scope::GroupsRead)),
+        (op(GROUPS, OpKind::Search, None), Some(Scope::GroupsRead)),
+        (op(GROUPS, OpKind::Get, Some("1")), Some(Scope::GroupsRead)),
+        (op(GROUPS, OpKind::Create, None), Some(Scope::GroupsWrite)),
+        (
+            op(GROUPS, OpKind::Replace, Some("1")),
+            Some(Scope::GroupsWrite),
+        ),
+        (
+            op(GROUPS, OpKind::Patch, Some("1")),
+            Some(Scope::GroupsWrite),
+        ),
+        (
+            op(GROUPS, OpKind::Delete, Some("1")),
+            Some(Scope::GroupsWrite),
+        ),
+        (op(Endpoint::Bulk, OpKind::Bulk, None), Some(Scope::Bulk)),
+        (
+            op(Endpoint::ServiceProviderConfig, OpKind::Discovery, None),
+            None,
+        ),
+        (
+            op(Endpoint::ResourceTypes, OpKind::Discovery, Some("User")),
+            None,
+        ),
+        (op(Endpoint::Schemas, OpKind::Discovery, None), None),
+    ];
+    for (o, want) in &cases {
+        assert_eq!(required_scope(o), *want, "{o:?}");
+        // Only the required scope satisfies the operation.
+        for s in Scope::ALL {
+            let only: ScopeSet = [s].into_iter().collect();
+            let expect = match want {
+                None => Ok(()),
+                Some(w) if *w == s => Ok(()),
+                Some(w) => Err(*w),
+            };
+            assert_eq!(authorize(only, o), expect, "{o:?} with only {s}");
+        }
+        assert_eq!(
+            authorize(ScopeSet::default(), o),
+            want.map_or(Ok(()), Err),
+            "{o:?} with no scope"
+        );
+        assert_eq!(
+            authorize(Scope::ALL.into_iter().collect(), o),
+            Ok(()),
+            "{o:?} with every scope"
+        );
+    }
+}
+
+#[test]
+fn scope_set_and_parsing() {
+    let s: ScopeSet = [Scope::UsersRead, Scope::Bulk].into_iter().collect();
+    assert!(s.contains(Scope::UsersRead));
+    assert!(s.contains(Scope::Bulk));
+    assert!(!s.contains(Scope::UsersWrite));
+    assert!(!s.contains(Scope::GroupsRead));
+    assert!(!s.contains(Scope::GroupsWrite));
+    let empty = ScopeSet::default();
+    assert!(Scope::ALL.iter().all(|sc| !empty.contains(*sc)));
+    let all: ScopeSet = Scope::ALL.into_iter().collect();
+    assert!(Scope::ALL.iter().all(|sc| all.contains(*sc)));
+    let prov: ScopeSet = Scope::PROVISIONING.into_iter().collect();
+    assert!(!prov.contains(Scope::Bulk));
+
+    for sc in Scope::ALL {
+        assert_eq!(sc.as_str().parse::<Scope>(), Ok(sc));
+        assert_eq!(sc.to_string(), sc.as_str());
+    }
+    for bad in [
+        "Users:Read",
+        "users:READ",
+        " users:read",
+        "users:read ",
+        "users",
+        "users:*",
+        "*",
+        "",
+        "admin",
+    ] {
+        assert!(bad.parse::<Scope>().is_err(), "{bad:?}");
+    }
+    let parsed: Vec<Scope> = serde_yaml::from_str("[users:read, groups:write, bulk]").unwrap();
+    assert_eq!(
+        parsed,
+        vec![Scope::UsersRead, Scope::GroupsWrite, Scope::Bulk]
+    );
+    assert!(serde_yaml::from_str::<Vec<Scope>>("[users:admin]").is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy::route
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn policy_route_matches_whole_prefix_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let path = write_config(dir.path(), backend, "Bearer x");
+    let policy: Policy = crate::test_util::load_policy(&path);
+    let cases: &[(&str, Option<(&str, &str)>)] = &[
+        ("/acme/scim/v2/Users", Some(("acme", "/Users"))),
+        ("/acme/scim/v2/Users/1", Some(("acme", "/Users/1"))),
+        ("/acme/scim/v2", Some(("acme", ""))),
+        ("/acme/scim/v2/", Some(("acme", "/"))),
+        ("/globex/scim/v2/Groups", Some(("globex", "/Groups"))),
+        ("/acme/scim/v2x", None),
+        ("/acme/scim/v2x/Users", None),
+        ("/acme/scim/v20/Users", None),
+        ("/acme/scim", None),
+        ("/acme", None),
+        ("/", None),
+        ("/ACME/scim/v2/Users", None),
+        ("/globex/scim/v2acme/scim/v2/Users", None),
+        ("/x/acme/scim/v2/Users", None),
+    ];
+    for (path, want) in cases {
+        let got = policy.route(path).map(|(t, rest)| (&*t.id, rest));
+        assert_eq!(got, *want, "path {path:?}");
+    }
+    assert_eq!(route::strip_prefix("/a/b", "/a"), Some("/b"));
+    assert_eq!(route::strip_prefix("/ab", "/a"), None);
+    assert_eq!(route::strip_prefix("/a", "/a"), Some(""));
+}
+
+// ---------------------------------------------------------------------------------------------
+// user::user_addresses and DomainPolicy::judge_user
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn user_addresses_collects_every_spelling() {
+    let u = json!({
+        "userName": "u@acme.com",
+        "EMAILS": [{"value": "a@acme.com", "primary": true}, {"VALUE": "b@acme.com"}, "c@acme.com"],
+        (format!("{URN}:emails")): [{"value": "d@acme.com"}],
+        URN: {"emails": {"value": "e@acme.com"}, "UserName": "f@acme.com"},
+        "displayName": "x@evil.com",
+        "name": {"formatted": "y@evil.com"}
+    });
+    let mut a = user_addresses(&u);
+    a.values.sort();
+    assert!(!a.unreadable);
+    assert_eq!(
+        a.values,
+        vec![
+            "a@acme.com",
+            "b@acme.com",
+            "c@acme.com",
+            "d@acme.com",
+            "e@acme.com",
+            "f@acme.com",
+            "u@acme.com"
+        ]
+    );
+    // userName without '@' is not an address.
+    assert_eq!(
+        user_addresses(&json!({"userName": "alice"})),
+        Addresses::default()
+    );
+    // Non-objects cannot be read.
+    assert!(user_addresses(&json!([{"userName": "a@acme.com"}])).unreadable);
+    assert!(user_addresses(&json!("a@acme.com")).unreadable);
+}
+
+#[test]
+fn judge_user_table() {
+    let domains = acme();
+    let strict = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
+    let n = |v: &str| format!("{URN}:{v}");
+    use OutOfScope::*;
+    let cases: Vec<(Value, Result<(), OutOfScope>)> = vec![
+        // userName as address or not.
+        (json!({"userName": "a@acme.com"}), Ok(())),
+        (json!({"userName": "a@evil.com"}), Err(Domain)),
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@acme.com"}]}),
+            Ok(()),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@evil.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@evil.com", "emails": [{"value": "a@acme.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@", "emails": [{"value": "a@acme.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@b", "emails": [{"value": "a@acme.com"}]}),
+            Err(Domain),
+        ),
+        // Every email counts, not only the primary one.
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@acme.com", "primary": true}, {"value": "b@evil.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"value": "b@evil.com"}, {"value": "a@acme.com", "primary": true}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@acme.com", "type": "work"}, {"value": "b@x.acme.io", "type": "home"}]}),
+            Ok(()),
+        ),
+        // Attribute-name letter case.
+        (
+            json!({"userName": "alice", "EMAILS": [{"value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "Emails": [{"Value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        (json!({"UserName": "x@evil.com"}), Err(Domain)),
+        (
+            json!({"USERNAME": "x@evil.com", "emails": [{"value": "a@acme.com"}]}),
+            Err(Domain),
+        ),
+        // Two `value` members in one item (different case): both are read.
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@acme.com", "VALUE": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        // URN-qualified names.
+        (
+            json!({"userName": "alice", (n("emails")): [{"value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@acme.com", (n("userName")): "x@evil.com"}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@acme.com", (URN.to_uppercase() + ":EMAILS"): [{"value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        (json!({(n("emails")): [{"value": "a@acme.com"}]}), Ok(())),
+        (
+            json!({(format!("{GROUP_URN}:emails")): [{"value": "x@evil.com"}], "userName": "a@acme.com"}),
+            Err(Domain),
+        ),
+        // Attributes nested under the core URN key.
+        (
+            json!({"userName": "a@acme.com", URN: {"emails": [{"value": "x@evil.com"}]}}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@acme.com", URN: {"userName": "x@evil.com"}}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "a@acme.com", URN.to_lowercase(): {"EMAILS": [{"value": "x@evil.com"}]}}),
+            Err(Domain),
+        ),
+        (json!({URN: {"userName": "a@acme.com"}}), Ok(())),
+        (
+            json!({"userName": "a@acme.com", URN: "x@evil.com"}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", URN: [{"emails": [{"value": "x@evil.com"}]}]}),
+            Err(Unreadable),
+        ),
+        (json!({"userName": "a@acme.com", URN: null}), Ok(())),
+        // Two spellings of emails both present: both count.
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@acme.com"}], (n("emails")): [{"value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", (n("emails")): [{"value": "a@acme.com"}], "emails": [{"value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        // emails as an object, bare strings.
+        (
+            json!({"userName": "alice", "emails": {"value": "x@evil.com"}}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": {"value": "a@acme.com"}}),
+            Ok(()),
+        ),
+        (
+            json!({"userName": "alice", "emails": ["x@evil.com"]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": ["a@acme.com"]}),
+            Ok(()),
+        ),
+        (
+            json!({"userName": "alice", "emails": ["a@acme.com", {"value": "x@evil.com"}]}),
+            Err(Domain),
+        ),
+        // Values the gateway cannot read.
+        (
+            json!({"userName": "alice", "emails": "x@evil.com"}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": "a@acme.com"}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": 5}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": true}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": [{"value": 5}]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": [{"value": ["x@evil.com"]}]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": [{"value": {"value": "x@evil.com"}}]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": [[{"value": "x@evil.com"}]]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": "a@acme.com", "emails": [7]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": 5, "emails": [{"value": "a@acme.com"}]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": ["x@evil.com"], "emails": [{"value": "a@acme.com"}]}),
+            Err(Unreadable),
+        ),
+        (
+            json!({"userName": {"value": "x@evil.com"}, "emails": [{"value": "a@acme.com"}]}),
+            Err(Unreadable),
+        ),
+        // No address at all.
+        (json!({"userName": "alice"}), Err(NoAddress)),
+        (json!({}), Err(NoAddress)),
+        (json!({"userName": "alice", "emails": []}), Err(NoAddress)),
+        (json!({"userName": "alice", "emails": null}), Err(NoAddress)),
+        (
+            json!({"userName": null, "emails": [{"value": null}]}),
+            Err(NoAddress),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"type": "work", "primary": true}]}),
+            Err(NoAddress),
+        ),
+        // IDNA, full-width dots, letter case, trailing dot.
+        (json!({"userName": "a@ACME.COM"}), Ok(())),
+        (json!({"userName": "a@acme.com."}), Ok(())),
+        (json!({"userName": "a@acme\u{FF0E}com"}), Ok(())),
+        (json!({"userName": "a@acme\u{3002}com"}), Ok(())),
+        (json!({"userName": "a@\u{430}cme.com"}), Err(Domain)),
+        (json!({"userName": "a@xn--cme-8cd.com"}), Err(Domain)),
+        (json!({"userName": "a@acme.com.."}), Err(Domain)),
+        (json!({"userName": "a@.acme.com"}), Err(Domain)),
+        (json!({"userName": "a@acme.com.evil.com"}), Err(Domain)),
+        (json!({"userName": "a@evil-acme.com"}), Err(Domain)),
+        (json!({"userName": "a@sub.acme.com"}), Err(Domain)),
+        (json!({"userName": "a@[127.0.0.1]"}), Err(Domain)),
+        // `*.acme.io` admits subdomains at any depth, never acme.io itself.
+        (json!({"userName": "a@eu.acme.io"}), Ok(())),
+        (json!({"userName": "a@x.eu.acme.io"}), Ok(())),
+        (json!({"userName": "a@EU.ACME.IO."}), Ok(())),
+        (json!({"userName": "a@acme.io"}), Err(Domain)),
+        (json!({"userName": "a@evilacme.io"}), Err(Domain)),
+        (json!({"userName": "a@acme.io.evil.com"}), Err(Domain)),
+        (json!({"userName": "a@.acme.io"}), Err(Domain)),
+        // Several '@': the domain is what follows the last one.
+        (json!({"userName": "a@evil.com@acme.com"}), Ok(())),
+        (json!({"userName": "a@acme.com@evil.com"}), Err(Domain)),
+        (
+            json!({"userName": "alice", "emails": [{"value": "a@acme.com@evil.com"}]}),
+            Err(Domain),
+        ),
+        // Whitespace, separators, display names, quoting.
+        (json!({"userName": " a@acme.com"}), Err(Domain)),
+        (json!({"userName": "a@acme.com "}), Err(Domain)),
+        (json!({"userName": "a@acme.com\n"}), Err(Domain)),
+        (json!({"userName": "a@acme.com\u{0}"}), Err(Domain)),
+        (json!({"userName": "a@acme.com\u{a0}"}), Err(Domain)),
+        (json!({"userName": "a@acme.com,x@evil.com"}), Err(Domain)),
+        (json!({"userName": "x@evil.com,a@acme.com"}), Err(Domain)),
+        (json!({"userName": "x@evil.com;a@acme.com"}), Err(Domain)),
+        (json!({"userName": "<x@evil.com>a@acme.com"}), Err(Domain)),
+        (json!({"userName": "Eve <x@evil.com>"}), Err(Domain)),
+        (json!({"userName": "x@evil.com (a@acme.com)"}), Err(Domain)),
+        (json!({"userName": "x(a@acme.com)@evil.com"}), Err(Domain)),
+        (json!({"userName": "\"x@evil.com\"@acme.com"}), Err(Domain)),
+        (json!({"userName": "x\\@evil.com@acme.com"}), Err(Domain)),
+        (
+            json!({"userName": "alice", "emails": [{"value": "x@evil.com\u{FF20}acme.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"value": "x@evil.com\u{FE6B}acme.com"}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"value": ""}]}),
+            Err(Domain),
+        ),
+        (
+            json!({"userName": "alice", "emails": [{"value": "alice"}]}),
+            Err(Domain),
+        ),
+    ];
+    for (user, want) in &cases {
+        assert_eq!(strict.judge_user(user), *want, "user {user}");
+    }
+}
+
+#[test]
+fn users_without_address_need_the_tenant_setting_or_an_unrestricted_token() {
+    let domains = acme();
+    let lenient = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: true,
+    };
+    let any = set(&["*"]);
+    let unrestricted = DomainPolicy {
+        domains: &any,
+        allow_users_without_email: false,
+    };
+    let none = DomainSet::default();
+    let nothing = DomainPolicy {
+        domains: &none,
+        allow_users_without_email: false,
+    };
+    assert!(!lenient.unrestricted());
+    assert!(unrestricted.unrestricted());
+    let no_address = [
+        json!({"userName": "alice"}),
+        json!({}),
+        json!({"emails": []}),
+    ];
+    for u in &no_address {
+        assert_eq!(lenient.judge_user(u), Ok(()), "{u}");
+        assert_eq!(unrestricted.judge_user(u), Ok(()), "{u}");
+        assert_eq!(nothing.judge_user(u), Err(OutOfScope::NoAddress), "{u}");
+    }
+    // The setting never admits a foreign or unreadable address.
+    assert_eq!(
+        lenient.judge_user(&json!({"userName": "alice", "emails": [{"value": "x@evil.com"}]})),
+        Err(OutOfScope::Domain)
+    );
+    assert_eq!(
+        lenient.judge_user(&json!({"userName": "alice", "emails": 5})),
+        Err(OutOfScope::Unreadable)
+    );
+    // `*` admits every valid address, never an invalid one or an unreadable user.
+    assert_eq!(
+        unrestricted.judge_user(&json!({"userName": "x@evil.com"})),
+        Ok(())
+    );
+    assert_eq!(
+        unrestricted.judge_user(&json!({"userName": "x@evil com"})),
+        Err(OutOfScope::Domain)
+    );
+    assert_eq!(
+        unrestricted.judge_user(&json!({"emails": 1})),
+        Err(OutOfScope::Unreadable)
+    );
+    // An empty domain set admits nobody.
+    assert_eq!(
+        nothing.judge_user(&json!({"userName": "a@acme.com"})),
+        Err(OutOfScope::Domain)
+    );
+    assert_eq!(OutOfScope::Domain.reason(), "domain_out_of_scope");
+    assert_eq!(OutOfScope::NoAddress.reason(), "user_without_email");
+    assert_eq!(OutOfScope::Unreadable.reason(), "user_unreadable");
+}
+
+#[test]
+#[ignore = "BUG: a userName written with a full-width or small commercial at (U+FF20/U+FE6B) is not treated as an address, so a user whose userName NFKC-folds to x@evil.com passes"]
+fn user_name_with_look_alike_at_is_an_address() {
+    let domains = acme();
+    let strict = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
+    for name in ["x\u{FF20}evil.com", "x\u{FE6B}evil.com"] {
+        let u = json!({"userName": name, "emails": [{"value": "a@acme.com"}]});
+        assert_eq!(
+            strict.judge_user(&u),
+            Err(OutOfScope::Domain),
+            "userName {name:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// patch::judge_user_patch
+// ---------------------------------------------------------------------------------------------
+
+/// A stored in-scope user whose userName is also an address.
+fn stored() -> Value {
+    json!({
+        "id": "u1",
+        "userName": "alice@acme.com",
+        "displayName": "Alice",
+        "emails": [
+            {"value": "alice@acme.com", "type": "work", "primary": true},
+            {"value": "alice@eu.acme.io", "type": "home"}
+        ]
+    })
+}
+
+/// A stored in-scope user whose only address is one email.
+fn stored_one_email() -> Value {
+    json!({
+        "id": "u2",
+        "userName": "alice",
+        "emails": [{"value": "alice@acme.com", "type": "work", "primary": true}]
+    })
+}
+
+fn patch(ops: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
+}
+
+fn judge(current: &Value, body: &Value, allow_no_email: bool) -> Result<(), PatchDenial> {
+    let domains = acme();
+    let policy = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: allow_no_email,
+    };
+    judge_user_patch(current, body, &policy)
+}
+
+fn invalid(r: &Result<(), PatchDenial>) -> bool {
+    matches!(r, Err(PatchDenial::Invalid(_)))
+}
+
+#[test]
+fn patch_writes_into_address_attributes_are_judged() {
+    let out = Err(PatchDenial::OutOfScope(OutOfScope::Domain));
+    let unreadable = Err(PatchDenial::OutOfScope(OutOfScope::Unreadable));
+    let urn = |p: &str| format!("{URN}:{p}");
+    let cases: Vec<(Value, Result<(), PatchDenial>)> = vec![
+        // Whole `emails`.
+        (
+            json!([{"op": "replace", "path": "emails", "value": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails", "value": [{"value": "b@acme.com"}]}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "add", "path": "emails", "value": [{"value": "x@evil.com", "type": "other"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "add", "path": "emails", "value": [{"value": "b@x.acme.io"}]}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "add", "path": "emails", "value": {"value": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "add", "path": "emails", "value": ["x@evil.com"]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "add", "path": "emails", "value": [{"value": "a@acme.com"}, {"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "add", "path": "EMAILS", "value": [{"VALUE": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        // Filtered and sub-attribute paths.
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "b@acme.com"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"nomatch\"].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[value eq \"alice@acme.com\"]", "value": {"value": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[value eq \"alice@acme.com\"]", "value": {"value": "b@acme.com"}}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[primary eq true].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails.value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "add", "path": "emails[type eq \"work\"].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "Emails[Type EQ \"WORK\"].Value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        // userName.
+        (
+            json!([{"op": "replace", "path": "userName", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "USERNAME", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "add", "path": "userName", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "userName", "value": "bob@acme.com"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "userName", "value": "bob"}]),
+            Ok(()),
+        ),
+        // URN-qualified paths.
+        (
+            json!([{"op": "replace", "path": urn("emails"), "value": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": urn("userName"), "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": urn("emails[type eq \"work\"].value"), "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": URN.to_uppercase() + ":EMAILS", "value": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": format!("{GROUP_URN}:emails"), "value": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": URN, "value": {"emails": [{"value": "x@evil.com"}]}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": format!(" {URN} "), "value": {"userName": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        // Path-less value objects (Entra and friends).
+        (
+            json!([{"op": "replace", "value": {"emails": [{"value": "x@evil.com"}]}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {"userName": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {"emails[type eq \"work\"].value": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {"emails[type eq \"work\"].value": "b@acme.com"}}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "add", "value": {"emails.value": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {(urn("emails")): [{"value": "x@evil.com"}]}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {(urn("userName")): "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {URN: {"emails": [{"value": "x@evil.com"}]}}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {URN: {"userName": "x@evil.com"}}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {"displayName": "A", URN: {"emails[type eq \"work\"].value": "x@evil.com"}}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": null, "value": {"userName": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        // `op` letter case.
+        (
+            json!([{"op": "Replace", "path": "emails", "value": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "ADD", "path": "emails", "value": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"OP": "Add", "PATH": "emails", "VALUE": [{"value": "x@evil.com"}]}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "Replace", "value": {"userName": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        // A write that is later undone still wrote an out-of-scope address.
+        (
+            json!([
+                {"op": "add", "path": "emails", "value": [{"value": "x@evil.com", "type": "tmp"}]},
+                {"op": "remove", "path": "emails[type eq \"tmp\"]"}
+            ]),
+            out.clone(),
+        ),
+        // An in-scope write after an out-of-scope one.
+        (
+            json!([
+                {"op": "replace", "path": "userName", "value": "x@evil.com"},
+                {"op": "replace", "path": "userName", "value": "alice@acme.com"}
+            ]),
+            out.clone(),
+        ),
+        // Filters the simulator cannot evaluate: the written value is judged anyway.
+        (
+            json!([{"op": "replace", "path": "emails[value co \"alice\"].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[value co \"alice\"]", "value": {"value": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[value co \"alice\"]", "value": {"value": "b@acme.com"}}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\" or type eq \"home\"].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"w\\\"x\"].value", "value": "x@evil.com"}]),
+            out.clone(),
+        ),
+        // Non-string and unreadable values.
+        (
+            json!([{"op": "replace", "path": "emails", "value": [{"value": 5}]}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails", "value": "x@evil.com"}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails", "value": "alice@acme.com"}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails", "value": 5}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": 5}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": ["x@evil.com"]}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": {"value": "x@evil.com"}}]),
+            out.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": {"value": "b@acme.com"}}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"]", "value": {"value": 5}}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "userName", "value": 5}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "userName", "value": ["x@evil.com"]}]),
+            unreadable.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {"emails": 5}}]),
+            unreadable.clone(),
+        ),
+        // Harmless changes.
+        (
+            json!([{"op": "replace", "path": "displayName", "value": "x@evil.com"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "name.givenName", "value": "Bob"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": urn("name.familyName"), "value": "B"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "active", "value": false}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "Replace", "path": "active", "value": "False"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "value": {"active": false, "displayName": "Y", "name.givenName": "Z"}}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager", "value": {"value": "m"}}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].type", "value": "home"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].primary", "value": false}]),
+            Ok(()),
+        ),
+        (json!([{"op": "remove", "path": "displayName"}]), Ok(())),
+        (
+            json!([{"op": "remove", "path": "emails[type eq \"home\"]"}]),
+            Ok(()),
+        ),
+        (json!([{"op": "remove", "path": "userName"}]), Ok(())),
+    ];
+    for (ops, want) in &cases {
+        assert_eq!(
+            judge(&stored(), &patch(ops.clone()), false),
+            *want,
+            "ops {ops}"
+        );
+    }
+}
+
+#[test]
+fn patch_removals_cannot_leave_a_user_without_address() {
+    let none = Err(PatchDenial::OutOfScope(OutOfScope::NoAddress));
+    let cases: Vec<(Value, Result<(), PatchDenial>)> = vec![
+        (json!([{"op": "remove", "path": "emails"}]), none.clone()),
+        (json!([{"op": "Remove", "path": "EMAILS"}]), none.clone()),
+        (
+            json!([{"op": "remove", "path": format!("{URN}:emails")}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[value eq \"alice@acme.com\"]"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[value eq \"ALICE@ACME.COM\"]"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[type eq \"work\"]"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[primary eq true]"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[type eq \"work\"].value"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails.value"}]),
+            none.clone(),
+        ),
+        // Entra-style removal of listed entries.
+        (
+            json!([{"op": "remove", "path": "emails", "value": [{"value": "alice@acme.com"}]}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails", "value": [{"value": "Alice@Acme.com", "type": "work"}]}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails", "value": {"value": "alice@acme.com"}}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails", "value": [{"value": "other@acme.com"}]}]),
+            Ok(()),
+        ),
+        // Filters the simulator cannot evaluate are assumed to match everything.
+        (
+            json!([{"op": "remove", "path": "emails[value co \"zzz\"]"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[value sw \"zzz\"].value"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[type eq \"home\" or type eq \"work\"]"}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[not (value eq \"zzz\")]"}]),
+            none.clone(),
+        ),
+        // Replacing with nothing.
+        (
+            json!([{"op": "replace", "path": "emails", "value": []}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails", "value": null}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": null}]),
+            none.clone(),
+        ),
+        (
+            json!([{"op": "replace", "value": {"emails": []}}]),
+            none.clone(),
+        ),
+        // Removing something that is not there, or a harmless sub-attribute.
+        (
+            json!([{"op": "remove", "path": "emails[type eq \"home\"]"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[value eq \"zzz@acme.com\"]"}]),
+            Ok(()),
+        ),
+        (
+            json!([{"op": "remove", "path": "emails[type eq \"work\"].display"}]),
+            Ok(()),
+        ),
+        (json!([{"op": "remove", "path": "userName"}]), Ok(())),
+        // Remove then add back.
+        (
+            json!([{"op": "remove", "path": "emails"}, {"op": "add", "path": "emails", "value": [{"value": "n@acme.com"}]}]),
+            Ok(()),
+        ),
+        // Moving the only address into userName keeps the user addressed.
+        (
+            json!([{"op": "replace", "path": "userName", "value": "alice@acme.com"}, {"op": "remove", "path": "emails"}]),
+            Ok(()),
+        ),
+    ];
+    for (ops, want) in &cases {
+        assert_eq!(
+            judge(&stored_one_email(), &patch(ops.clone()), false),
+            *want,
+            "ops {ops}"
+        );
+    }
+    // The tenant setting admits the address-less result, never a foreign address.
+    assert_eq!(
+        judge(
+            &stored_one_email(),
+            &patch(json!([{"op": "remove", "path": "emails"}])),
+            true
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        judge(
+            &stored_one_email(),
+            &patch(json!([{"op": "add", "path": "emails", "value": [{"value": "x@evil.com"}]}])),
+            true
+        ),
+        Err(PatchDenial::OutOfScope(OutOfScope::Domain))
+    );
+}
+
+#[test]
+fn patch_userName_removal_is_judged_on_the_result() {
+    // userName is the only address.
+    let u = json!({"userName": "alice@acme.com"});
+    assert_eq!(
+        judge(
+            &u,
+            &patch(json!([{"op": "remove", "path": "userName"}])),
+            false
+        ),
+        Err(PatchDenial::OutOfScope(OutOfScope::NoAddress))
+    );
+    assert_eq!(
+        judge(
+            &u,
+            &patch(json!([{"op": "replace", "path": "userName", "value": "alice"}])),
+            false
+        ),
+        Err(PatchDenial::OutOfScope(OutOfScope::NoAddress))
+    );
+    assert_eq!(
+        judge(
+            &u,
+            &patch(json!([{"op": "replace", "value": {(format!("{URN}:userName")): null}}])),
+            false
+        ),
+        Err(PatchDenial::OutOfScope(OutOfScope::NoAddress))
+    );
+}
+
+#[test]
+fn patch_user_stored_under_urn_key_is_simulated() {
+    // The stored user keeps its attributes under the core URN key.
+    let u = json!({URN: {"userName": "alice", "emails": [{"value": "alice@acme.com", "type": "work"}]}});
+    assert_eq!(
+        judge(
+            &u,
+            &patch(json!([{"op": "remove", "path": "emails[type eq \"work\"]"}])),
+            false
+        ),
+        Err(PatchDenial::OutOfScope(OutOfScope::NoAddress))
+    );
+    assert_eq!(
+        judge(
+            &u,
+            &patch(json!([{"op": "replace", "path": "displayName", "value": "A"}])),
+            false
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn patch_bodies_the_gateway_cannot_read_are_invalid() {
+    let bodies: Vec<Value> = vec![
+        json!([]),
+        json!("x"),
+        json!({}),
+        json!({"Operations": []}),
+        json!({"Operations": {"op": "add"}}),
+        json!({"Operations": [5]}),
+        patch(json!([{"op": "move", "path": "emails", "value": []}])),
+        patch(json!([{"op": "copy", "path": "emails", "value": []}])),
+        patch(json!([{"op": "test", "path": "emails", "value": []}])),
+        patch(json!([{"op": "", "path": "emails", "value": []}])),
+        patch(json!([{"op": 1, "path": "emails", "value": []}])),
+        patch(json!([{"op": null, "path": "emails", "value": []}])),
+        patch(json!([{"path": "emails", "value": []}])),
+        patch(json!([{"op": " add", "path": "emails", "value": []}])),
+        patch(json!([{"op": "add", "path": "emails", "value": [], "from": "x"}])),
+        patch(json!([{"op": "add", "path": 5, "value": []}])),
+        patch(json!([{"op": "add", "path": ["emails"], "value": []}])),
+        // remove without a path.
+        patch(json!([{"op": "remove"}])),
+        patch(json!([{"op": "remove", "value": {"emails": []}}])),
+        patch(json!([{"op": "remove", "path": null}])),
+        patch(json!([{"op": "remove", "path": URN}])),
+        // add/replace without a path need an object.
+        patch(json!([{"op": "add"}])),
+        patch(json!([{"op": "replace", "value": "x@evil.com"}])),
+        patch(json!([{"op": "replace", "value": [{"emails": []}]}])),
+        // add/replace of an address attribute need a value.
+        patch(json!([{"op": "add", "path": "emails"}])),
+        patch(json!([{"op": "replace", "path": "userName"}])),
+        patch(json!([{"op": "replace", "path": "emails[type eq \"work\"].value"}])),
+        // Paths the gateway cannot parse.
+        patch(json!([{"op": "replace", "path": "", "value": "x"}])),
+        patch(json!([{"op": "replace", "path": ".emails", "value": "x"}])),
+        patch(json!([{"op": "replace", "path": "[type eq \"work\"]", "value": "x"}])),
+        patch(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"", "value": {"value": "a@acme.com"}}]),
+        ),
+        patch(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"]value", "value": "x@evil.com"}]),
+        ),
+        patch(json!([{"op": "replace", "path": "emails.value.x", "value": "x@evil.com"}])),
+        patch(json!([{"op": "replace", "path": "emails.", "value": "x@evil.com"}])),
+        patch(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].", "value": "x@evil.com"}]),
+        ),
+        // A filtered emails value must be an object.
+        patch(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"]", "value": "x@evil.com"}]),
+        ),
+        patch(json!([{"op": "add", "path": "emails[type eq \"work\"]", "value": ["x@evil.com"]}])),
+        // Unknown emails sub-attribute.
+        patch(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].foo", "value": "x@evil.com"}]),
+        ),
+        patch(json!([{"op": "replace", "path": "emails.ref", "value": "x@evil.com"}])),
+        // userName has no sub-attributes.
+        patch(json!([{"op": "replace", "path": "userName.value", "value": "x@evil.com"}])),
+        patch(
+            json!([{"op": "replace", "path": "userName[value eq \"a\"]", "value": "x@evil.com"}]),
+        ),
+        patch(json!([{"op": "remove", "path": "userName.x"}])),
+        // Path-less values nested too deep.
+        patch(json!([{"op": "replace", "value": {URN: {URN: {URN: {"userName": "x@evil.com"}}}}}])),
+    ];
+    for b in &bodies {
+        let got = judge(&stored(), b, false);
+        assert!(invalid(&got), "body {b} gave {got:?}");
+    }
+}
+
+#[test]
+fn patch_path_with_non_ascii_does_not_panic() {
+    for path in [
+        "abc\u{e9}",
+        "ab\u{e9}x",
+        "\u{e9}mails",
+        "urn\u{e9}:x",
+        "emails[value eq \"\u{e9}\"]",
+    ] {
+        let body = patch(json!([{"op": "replace", "path": path, "value": "x@evil.com"}]));
+        let got = std::panic::catch_unwind(|| judge(&stored(), &body, false));
+        assert!(got.is_ok(), "path {path:?} panicked");
+        let got = std::panic::catch_unwind(|| group_member_changes(&body));
+        assert!(got.is_ok(), "group path {path:?} panicked");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// patch::group_member_changes
+// ---------------------------------------------------------------------------------------------
+
+fn changes(added: &[&str], removed: &[&str], removes_unnamed: bool) -> MemberChanges {
+    MemberChanges {
+        added: added.iter().map(|s| s.to_string()).collect(),
+        removed: removed.iter().map(|s| s.to_string()).collect(),
+        removes_unnamed,
+    }
+}
+
+#[test]
+fn group_member_changes_table() {
+    let gm = format!("{GROUP_URN}:members");
+    let cases: Vec<(Value, MemberChanges)> = vec![
+        (
+            json!([{"op": "add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]}]),
+            changes(&["u1", "u2"], &[], false),
+        ),
+        (
+            json!([{"op": "Add", "path": "Members", "value": [{"VALUE": "u1", "display": "x"}]}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "path": "members", "value": {"value": "u1"}}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "path": gm, "value": [{"value": "u1"}]}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "path": GROUP_URN.to_uppercase() + ":MEMBERS", "value": [{"value": "u1"}]}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "value": {"members": [{"value": "u1"}]}}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "value": {(gm.clone()): [{"value": "u1"}]}}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "value": {GROUP_URN: {"members": [{"value": "u1"}]}}}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "path": GROUP_URN, "value": {"members": [{"value": "u1"}]}}]),
+            changes(&["u1"], &[], false),
+        ),
+        (
+            json!([{"op": "add", "path": "members", "value": null}]),
+            changes(&[], &[], false),
+        ),
+        // replace drops every member it does not name.
+        (
+            json!([{"op": "replace", "path": "members", "value": [{"value": "u3"}]}]),
+            changes(&["u3"], &[], true),
+        ),
+        (
+            json!([{"op": "Replace", "value": {"members": [{"value": "u3"}]}}]),
+            changes(&["u3"], &[], true),
+        ),
+        (
+            json!([{"op": "replace", "path": "members", "value": []}]),
+            changes(&[], &[], true),
+        ),
+        // remove.
+        (
+            json!([{"op": "remove", "path": "members[value eq \"u1\"]"}]),
+            changes(&[], &["u1"], false),
+        ),
+        (
+            json!([{"op": "remove", "path": "members[VALUE EQ \"u1\"]"}]),
+            changes(&[], &["u1"], false),
+        ),
+        (
+            json!([{"op": "remove", "path": format!("{gm}[value eq \"u1\"]")}]),
+            changes(&[], &["u1"], false),
+        ),
+        (
+            json!([{"op": "remove", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]}]),
+            changes(&[], &["u1", "u2"], false),
+        ),
+        (
+            json!([{"op": "remove", "path": "members"}]),
+            changes(&[], &[], true),
+        ),
+        (
+            json!([{"op": "remove", "path": "members[display eq \"Bob\"]"}]),
+            changes(&[], &[], true),
+        ),
+        (
+            json!([{"op": "remove", "path": "members[value co \"u\"]"}]),
+            changes(&[], &[], true),
+        ),
+        (
+            json!([{"op": "remove", "path": "members[value eq u1]"}]),
+            changes(&[], &[], true),
+        ),
+        (
+            json!([{"op": "remove", "path": "members[value eq \"u\\\"1\"]"}]),
+            changes(&[], &[], true),
+        ),
+        (
+            json!([{"op": "remove", "path": "members[value eq \"u1\" or value eq \"u2\"]"}]),
+            changes(&[], &[], true),
+        ),
+        // Other attributes are not membership changes.
+        (
+            json!([{"op": "replace", "path": "displayName", "value": "G"}]),
+            changes(&[], &[], false),
+        ),
+        (
+            json!([{"op": "replace", "value": {"displayName": "G"}}]),
+            changes(&[], &[], false),
+        ),
+        // Several operations accumulate.
+        (
+            json!([
+                {"op": "add", "path": "members", "value": [{"value": "u1"}]},
+                {"op": "remove", "path": "members[value eq \"u2\"]"},
+                {"op": "add", "value": {"members": [{"value": "u3"}]}}
+            ]),
+            changes(&["u1", "u3"], &["u2"], false),
+        ),
+    ];
+    for (ops, want) in &cases {
+        assert_eq!(
+            group_member_changes(&patch(ops.clone())).as_ref(),
+            Ok(want),
+            "ops {ops}"
+        );
+    }
+
+    let refused: Vec<Value> = vec![
+        json!([{"op": "add", "path": "members[value eq \"u1\"]", "value": {"value": "u1"}}]),
+        json!([{"op": "replace", "path": "members[value eq \"u1\"].value", "value": "u9"}]),
+        json!([{"op": "replace", "path": "members.value", "value": "u9"}]),
+        json!([{"op": "add", "path": "members", "value": [{"display": "no value"}]}]),
+        json!([{"op": "add", "path": "members", "value": [{"value": 5}]}]),
+        json!([{"op": "add", "path": "members", "value": ["u1"]}]),
+        json!([{"op": "add", "path": "members", "value": "u1"}]),
+        json!([{"op": "remove", "path": "members", "value": ["u1"]}]),
+        json!([{"op": "remove"}]),
+        json!([{"op": "remove", "value": {"members": [{"value": "u1"}]}}]),
+        json!([{"op": "add", "value": "u1"}]),
+        json!([{"op": "move", "path": "members", "value": []}]),
+        json!([{"op": "add", "value": {GROUP_URN: {GROUP_URN: {"members": [{"value": "u1"}]}}}}]),
+        json!([]),
+    ];
+    for ops in &refused {
+        assert!(
+            group_member_changes(&patch(ops.clone())).is_err(),
+            "ops {ops}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// query
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn scim_query_from_query_parses_strictly() {
+    let q = ScimQuery::from_query(Some(
+        "filter=userName%20eq%20%22a%40acme.com%22&attributes=id,%20displayName&startIndex=3&count=10&sortBy=userName&sortOrder=descending",
+    ))
+    .unwrap();
+    assert_eq!(
+        q,
+        ScimQuery {
+            filter: Some("userName eq \"a@acme.com\"".into()),
+            attributes: vec!["id".into(), "displayName".into()],
+            excluded: vec![],
+            start_index: Some(3),
+            count: Some(10),
+            sort_by: Some("userName".into()),
+            sort_order: Some("descending".into()),
+        }
+    );
+    assert_eq!(ScimQuery::from_query(None).unwrap(), ScimQuery::default());
+    assert_eq!(
+        ScimQuery::from_query(Some("")).unwrap(),
+        ScimQuery::default()
+    );
+    assert_eq!(
+        ScimQuery::from_query(Some("&&")).unwrap(),
+        ScimQuery::default()
+    );
+    // Names are case-insensitive; '+' is a space; names may be percent-encoded.
+    let q = ScimQuery::from_query(Some("FILTER=a+eq+b&ExcludedAttributes=emails&COUNT=0")).unwrap();
+    assert_eq!(q.filter.as_deref(), Some("a eq b"));
+    assert_eq!(q.excluded, vec!["emails".to_owned()]);
+    assert_eq!(q.count, Some(0));
+    assert_eq!(
+        ScimQuery::from_query(Some("%66ilter=x"))
+            .unwrap()
+            .filter
+            .as_deref(),
+        Some("x")
+    );
+    assert_eq!(
+        ScimQuery::from_query(Some("startIndex=0"))
+            .unwrap()
+            .start_index,
+        Some(1)
+    );
+    assert_eq!(
+        ScimQuery::from_query(Some("filter"))
+            .unwrap()
+            .filter
+            .as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        ScimQuery::from_query(Some("count=5000")).unwrap().page(),
+        (1, query::MAX_PAGE)
+    );
+    assert_eq!(
+        ScimQuery::from_query(None).unwrap().page(),
+        (1, query::DEFAULT_PAGE)
+    );
+
+    let refused = [
+        "filter=a&filter=b",
+        "filter=a&FILTER=b",
+        "count=1&Count=2",
+        "attributes=id&attributes=emails",
+        "foo=1",
+        "access_token=x",
+        "filter=a&x",
+        "filter%00=a",
+        "filter=%FF",
+        "filter=%C3%28",
+        "%FF=1",
+        "attributes=id&excludedAttributes=emails",
+        "excludedAttributes=emails&attributes=id",
+        "count=-1",
+        "count=abc",
+        "count=1.5",
+        "startIndex=x",
+        "count=99999999999999999999999999",
+    ];
+    for q in refused {
+        assert!(ScimQuery::from_query(Some(q)).is_err(), "query {q:?}");
+    }
+}
+
+#[test]
+fn scim_query_from_search_parses_strictly() {
+    let q = ScimQuery::from_search(&json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "filter": "userName eq \"a\"",
+        "attributes": ["id", "userName"],
+        "startIndex": 2,
+        "count": "5",
+        "SORTBY": "userName"
+    }))
+    .unwrap();
+    assert_eq!(q.filter.as_deref(), Some("userName eq \"a\""));
+    assert_eq!(q.attributes, vec!["id".to_owned(), "userName".to_owned()]);
+    assert_eq!((q.start_index, q.count), (Some(2), Some(5)));
+    assert_eq!(q.sort_by.as_deref(), Some("userName"));
+    assert_eq!(
+        ScimQuery::from_search(&json!({"attributes": "id, emails"}))
+            .unwrap()
+            .attributes,
+        vec!["id", "emails"]
+    );
+
+    let refused = [
+        json!([]),
+        json!("filter"),
+        json!({"filter": "a", "Filter": "b"}),
+        json!({"foo": 1}),
+        json!({"attributes": ["id"], "excludedAttributes": ["emails"]}),
+        json!({"filter": true}),
+        json!({"filter": ["a"]}),
+        json!({"filter": {"a": 1}}),
+        json!({"attributes": [{"a": 1}]}),
+        json!({"count": -1}),
+        json!({"count": 1.5}),
+        json!({"startIndex": "x"}),
+    ];
+    for b in &refused {
+        assert!(ScimQuery::from_search(b).is_err(), "body {b}");
+    }
+}
+
+fn q(s: &str) -> ScimQuery {
+    ScimQuery::from_query(Some(s)).unwrap()
+}
+
+fn decoded_params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap();
+            (
+                k.to_owned(),
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Whether an attribute name (as the backend would read it) names userName or emails.
+fn names_address(attr: &str) -> bool {
+    let a = attr.trim().to_ascii_lowercase();
+    let bare = a
+        .strip_prefix(&(URN.to_ascii_lowercase() + ":"))
+        .or_else(|| a.strip_prefix(&(GROUP_URN.to_ascii_lowercase() + ":")))
+        .unwrap_or(&a);
+    bare == "username"
+        || bare == "emails"
+        || bare.starts_with("emails.")
+        || bare.starts_with("emails[")
+}
+
+#[test]
+fn hidden_address_attrs_follow_the_client_selection() {
+    use AddressAttr::*;
+    let cases: &[(&str, &[AddressAttr])] = &[
+        ("", &[]),
+        ("attributes=id", &[UserName, Emails]),
+        ("attributes=id,displayName", &[UserName, Emails]),
+        ("attributes=emails", &[UserName]),
+        ("attributes=EMAILS", &[UserName]),
+        ("attributes=emails.value", &[UserName]),
+        ("attributes=emails[type eq \"work\"]", &[UserName]),
+        ("attributes=userName", &[Emails]),
+        ("attributes=username,emails", &[]),
+        ("excludedAttributes=emails", &[Emails]),
+        ("excludedAttributes=emails.value", &[Emails]),
+        ("excludedAttributes=userName", &[UserName]),
+        ("excludedAttributes=userName,Emails", &[UserName, Emails]),
+        ("excludedAttributes=displayName", &[]),
+    ];
+    for (query, want) in cases {
+        assert_eq!(
+            q(query).hidden_address_attrs(),
+            want.to_vec(),
+            "query {query:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "BUG: URN-qualified attribute names (urn:...:core:2.0:User:emails) are split at the '.' of \"2.0\", so they are not recognised as address attributes in attributes/excludedAttributes"]
+fn hidden_address_attrs_understand_urn_qualified_names() {
+    use AddressAttr::*;
+    let cases: Vec<(String, Vec<AddressAttr>)> = vec![
+        (format!("attributes={URN}:emails,{URN}:userName"), vec![]),
+        (format!("attributes={URN}:emails.value"), vec![UserName]),
+        (format!("excludedAttributes={URN}:emails"), vec![Emails]),
+        (format!("excludedAttributes={URN}:userName"), vec![UserName]),
+    ];
+    for (query, want) in &cases {
+        assert_eq!(q(query).hidden_address_attrs(), *want, "query {query:?}");
+    }
+}
+
+#[test]
+fn backend_query_always_fetches_the_address_attributes() {
+    let cases: &[&str] = &[
+        "attributes=id",
+        "attributes=id,displayName",
+        "attributes=emails.value",
+        "attributes=emails[type eq \"work\"].value",
+        "attributes=emails.type,userName",
+        "attributes=userName",
+        "attributes=EMAILS",
+        "excludedAttributes=emails",
+        "excludedAttributes=EMAILS,USERNAME,displayName",
+        "excludedAttributes=emails.value",
+        "excludedAttributes=emails[type eq \"work\"]",
+        "excludedAttributes=userName",
+        "excludedAttributes=%20emails%20",
+        "filter=userName eq \"a\"&attributes=id&count=3&startIndex=2",
+        "",
+    ];
+    for query in cases {
+        let parsed = q(query);
+        for page in [None, Some((1, 200))] {
+            let params = decoded_params(&parsed.backend_query(page));
+            if let Some(attrs) = param(&params, "attributes") {
+                let list: Vec<&str> = attrs.split(',').collect();
+                assert!(
+                    list.iter().any(|a| a.eq_ignore_ascii_case("userName")),
+                    "{query:?}: {attrs}"
+                );
+                assert!(
+                    list.iter().any(|a| a.eq_ignore_ascii_case("emails")),
+                    "{query:?}: {attrs}"
+                );
+            } else {
+                assert!(
+                    parsed.attributes.is_empty(),
+                    "{query:?}: attributes dropped"
+                );
+            }
+            if let Some(ex) = param(&params, "excludedAttributes") {
+                assert!(
+                    !ex.split(',').any(names_address),
+                    "{query:?}: excludes {ex}"
+                );
+            }
+            if page.is_none() {
+                assert_eq!(param(&params, "filter"), None, "{query:?}");
+                assert_eq!(param(&params, "startIndex"), None, "{query:?}");
+            }
+        }
+        let search = parsed.backend_search(1, 200);
+        if let Some(Value::Array(a)) = search.get("attributes") {
+            let has = |n: &str| {
+                a.iter()
+                    .any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(n)))
+            };
+            assert!(has("userName") && has("emails"), "{query:?}");
+        }
+        if let Some(Value::Array(ex)) = search.get("excludedAttributes") {
+            assert!(
+                !ex.iter().any(|v| names_address(v.as_str().unwrap())),
+                "{query:?}"
+            );
+        }
+    }
+    assert_eq!(
+        q("attributes=id").backend_query(None),
+        "attributes=id%2CuserName%2Cemails"
+    );
+    assert_eq!(q("").backend_query(None), "");
+    assert_eq!(
+        q("filter=userName eq \"a b\"&count=3").backend_query(Some((1, 200))),
+        "filter=userName%20eq%20%22a%20b%22&startIndex=1&count=200"
+    );
+    assert_eq!(
+        q("excludedAttributes=emails,displayName").backend_query(None),
+        "excludedAttributes=displayName"
+    );
+}
+
+#[test]
+#[ignore = "BUG: excludedAttributes=urn:...:core:2.0:User:emails is forwarded to the backend, so a user whose userName is in scope but whose emails are not is judged without its emails and shown"]
+fn backend_query_never_excludes_urn_qualified_address_attributes() {
+    for query in [
+        format!("excludedAttributes={URN}:emails"),
+        format!("excludedAttributes={URN}:userName"),
+        format!("excludedAttributes={URN}:emails.value"),
+        format!("excludedAttributes={}:EMAILS", URN.to_uppercase()),
+    ] {
+        let parsed = q(&query);
+        for page in [None, Some((1, 200))] {
+            let params = decoded_params(&parsed.backend_query(page));
+            if let Some(ex) = param(&params, "excludedAttributes") {
+                assert!(
+                    !ex.split(',').any(names_address),
+                    "{query:?}: excludes {ex}"
+                );
+            }
+        }
+        if let Some(Value::Array(ex)) = parsed.backend_search(1, 200).get("excludedAttributes") {
+            assert!(
+                !ex.iter().any(|v| names_address(v.as_str().unwrap())),
+                "{query:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn canonical_query_re_encodes_the_client_query() {
+    assert_eq!(
+        q("filter=displayName eq \"x\"&count=5").canonical_query(),
+        "filter=displayName%20eq%20%22x%22&count=5"
+    );
+    assert_eq!(
+        q("COUNT=2&startIndex=0&sortOrder=descending&sortBy=x&filter=a+b").canonical_query(),
+        "filter=a%20b&sortBy=x&sortOrder=descending&startIndex=1&count=2"
+    );
+    assert_eq!(
+        q("attributes=id,members").canonical_query(),
+        "attributes=id%2Cmembers"
+    );
+    assert_eq!(
+        q("excludedAttributes=members").canonical_query(),
+        "excludedAttributes=members"
+    );
+    assert_eq!(q("").canonical_query(), "");
+    assert!(!q("attributes=id").has_list_params());
+    assert!(q("count=1").has_list_params());
+    assert!(q("sortOrder=ascending").has_list_params());
+}
+
+#[test]
+fn strip_attrs_removes_every_spelling() {
+    let mut u = json!({
+        "id": "1",
+        "userName": "a@acme.com",
+        "EMAILS": [{"value": "a@acme.com"}],
+        (format!("{URN}:emails")): [{"value": "a@acme.com"}],
+        URN: {"emails": [], "UserName": "x", "nickName": "n"},
+        "displayName": "A"
+    });
+    strip_attrs(&mut u, &[AddressAttr::UserName, AddressAttr::Emails]);
+    assert_eq!(
+        u,
+        json!({"id": "1", URN: {"nickName": "n"}, "displayName": "A"})
+    );
+
+    let mut u = json!({"id": "1", "userName": "a@acme.com", "emails": []});
+    strip_attrs(&mut u, &[AddressAttr::Emails]);
+    assert_eq!(u, json!({"id": "1", "userName": "a@acme.com"}));
+
+    let mut u = json!({"id": "1", "userName": "a@acme.com", "emails": []});
+    strip_attrs(&mut u, &[]);
+    assert_eq!(
+        u,
+        json!({"id": "1", "userName": "a@acme.com", "emails": []})
+    );
+}
+
+#[test]
+fn list_response_and_list_resources() {
+    let r = list_response(vec![json!({"id": "a"}), json!({"id": "b"})], 7, 3);
+    assert_eq!(
+        r,
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+            "totalResults": 7,
+            "startIndex": 3,
+            "itemsPerPage": 2,
+            "Resources": [{"id": "a"}, {"id": "b"}]
+        })
+    );
+    assert_eq!(
+        list_response(vec![], 0, 1),
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+            "totalResults": 0,
+            "startIndex": 1,
+            "itemsPerPage": 0,
+            "Resources": []
+        })
+    );
+
+    let mut body = json!({"totalResults": 2, "Resources": [{"id": "a"}, {"id": "b"}]});
+    assert_eq!(
+        list_resources(&mut body),
+        Some((vec![json!({"id": "a"}), json!({"id": "b"})], 2))
+    );
+    let mut body = json!({"TOTALRESULTS": 1, "resources": [{"id": "a"}]});
+    assert_eq!(
+        list_resources(&mut body),
+        Some((vec![json!({"id": "a"})], 1))
+    );
+    let mut body = json!({"totalResults": 0});
+    assert_eq!(list_resources(&mut body), Some((vec![], 0)));
+    let mut body = json!({"totalResults": 1, "Resources": {"id": "a"}});
+    assert_eq!(list_resources(&mut body), None);
+    let mut body = json!([{"id": "a"}]);
+    assert_eq!(list_resources(&mut body), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bulk::parse_bulk
+// ---------------------------------------------------------------------------------------------
+
+fn bulk(ops: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops})
+}
+
+#[test]
+fn parse_bulk_classifies_each_operation() {
+    let body = bulk(json!([
+        {"method": "POST", "path": "/Users", "bulkId": "a", "data": {"userName": "a@acme.com"}},
+        {"method": "patch", "path": "/users/../Users/bulkId:a", "data": {"Operations": []}},
+        {"method": "Put", "path": "//Groups/g1/", "data": {}},
+        {"method": "DELETE", "path": "/Users/%55x"},
+        {"METHOD": "POST", "PATH": "/Groups", "BULKID": "g", "DATA": {}}
+    ]));
+    let ops = parse_bulk(&body, 100).unwrap();
+    let got: Vec<(Method, Operation, Option<&str>, bool)> = ops
+        .iter()
+        .map(|b| (b.method.clone(), b.op.clone(), b.bulk_id, b.data.is_some()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                Method::POST,
+                op(USERS, OpKind::Create, None),
+                Some("a"),
+                true
+            ),
+            (
+                Method::PATCH,
+                op(USERS, OpKind::Patch, Some("bulkId:a")),
+                None,
+                true
+            ),
+            (
+                Method::PUT,
+                op(GROUPS, OpKind::Replace, Some("g1")),
+                None,
+                true
+            ),
+            (
+                Method::DELETE,
+                op(USERS, OpKind::Delete, Some("Ux")),
+                None,
+                false
+            ),
+            (
+                Method::POST,
+                op(GROUPS, OpKind::Create, None),
+                Some("g"),
+                true
+            ),
+        ]
+    );
+    assert_eq!(ops[0].data, Some(&json!({"userName": "a@acme.com"})));
+    assert!(parse_bulk(&bulk(json!([])), 100).unwrap().is_empty());
+}
+
+#[test]
+fn parse_bulk_refuses_what_it_cannot_judge() {
+    let user = json!({"method": "POST", "path": "/Users", "bulkId": "x", "data": {}});
+    let max = bulk(Value::Array(vec![user.clone(); 3]));
+    assert!(parse_bulk(&max, 3).is_ok());
+    assert_eq!(
+        parse_bulk(&bulk(Value::Array(vec![user.clone(); 4])), 3).unwrap_err(),
+        "4 operations exceed maxOperations (3)"
+    );
+
+    let refused: Vec<Value> = vec![
+        json!([]),
+        json!({}),
+        json!({"Operations": {"method": "POST"}}),
+        bulk(json!([5])),
+        // POST needs a bulkId; bulkId must be a string.
+        bulk(json!([{"method": "POST", "path": "/Users", "data": {}}])),
+        bulk(json!([{"method": "POST", "path": "/Users", "bulkId": null, "data": {}}])),
+        bulk(json!([{"method": "POST", "path": "/Users", "bulkId": 1, "data": {}}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users/1", "bulkId": ["x"]}])),
+        // Methods.
+        bulk(json!([{"method": "GET", "path": "/Users/1"}])),
+        bulk(json!([{"method": "HEAD", "path": "/Users/1"}])),
+        bulk(json!([{"method": "", "path": "/Users/1"}])),
+        bulk(json!([{"method": 1, "path": "/Users/1"}])),
+        bulk(json!([{"path": "/Users/1"}])),
+        bulk(json!([{"method": "DELETE ", "path": "/Users/1"}])),
+        // Paths.
+        bulk(json!([{"method": "DELETE"}])),
+        bulk(json!([{"method": "DELETE", "path": 1}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users/1?x=1"}])),
+        bulk(json!([{"method": "POST", "path": "/Users?filter=x", "bulkId": "a", "data": {}}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users/1#x"}])),
+        bulk(json!([{"method": "DELETE", "path": "Users/1"}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users%2F1"}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users/1;x"}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users/a b"}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users/1/x"}])),
+        bulk(json!([{"method": "DELETE", "path": "/Users"}])),
+        bulk(json!([{"method": "DELETE", "path": "/acme/scim/v2/Users/1"}])),
+        bulk(json!([{"method": "PATCH", "path": "/Me", "data": {}}])),
+        // Discovery and Bulk targets.
+        bulk(json!([{"method": "POST", "path": "/Bulk", "bulkId": "a", "data": {}}])),
+        bulk(json!([{"method": "PUT", "path": "/Schemas/x", "data": {}}])),
+        bulk(json!([{"method": "POST", "path": "/ServiceProviderConfig", "bulkId": "a"}])),
+        bulk(json!([{"method": "DELETE", "path": "/ResourceTypes/User"}])),
+        bulk(json!([{"method": "POST", "path": "/", "bulkId": "a"}])),
+        bulk(json!([{"method": "POST", "path": "/.search", "bulkId": "a"}])),
+        // One bad operation among good ones.
+        bulk(json!([user, {"method": "GET", "path": "/Users"}])),
+    ];
+    for b in &refused {
+        assert!(parse_bulk(b, 100).is_err(), "body {b}");
+    }
+}
+
+#[test]
+#[ignore = "BUG: parse_bulk accepts POST /Users/.search (and /Groups/.search) as a Bulk operation; the search is never filtered, so a backend that executes it returns out-of-scope users inside the Bulk response"]
+fn parse_bulk_refuses_searches() {
+    for path in ["/Users/.search", "/Groups/.search", "/users/.SEARCH"] {
+        let body = bulk(
+            json!([{"method": "POST", "path": path, "bulkId": "a", "data": {"filter": "userName pr"}}]),
+        );
+        let got =
+            parse_bulk(&body, 100).map(|ops| ops.iter().map(|b| b.op.kind).collect::<Vec<_>>());
+        assert!(got.is_err(), "path {path:?} gave {got:?}");
+    }
+}

@@ -55,7 +55,9 @@ pub fn is_user_urn(key: &str) -> bool {
 
 /// Finds a member of a JSON object by case-insensitive name.
 pub fn get_ci<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 /// The addresses found in a user, or the fact that something could not be read.

@@ -86,7 +86,13 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
-            emit(&handle, &method, raw_path_len, resp.status().as_u16(), start);
+            emit(
+                &handle,
+                &method,
+                raw_path_len,
+                resp.status().as_u16(),
+                start,
+            );
             Ok(resp)
         })
     }
@@ -94,12 +100,19 @@ where
 
 fn emit(handle: &RecordHandle, method: &Method, raw_path_len: usize, status: u16, start: Instant) {
     let Ok(r) = handle.0.lock() else { return };
-    let decision = r.decision.unwrap_or(if r.upstream_status.is_some() { "allow" } else { "deny" });
+    let decision = r.decision.unwrap_or(if r.upstream_status.is_some() {
+        "allow"
+    } else {
+        "deny"
+    });
     // A token pasted into a URL must not reach the log.
-    let path = r
-        .path
-        .as_deref()
-        .map(|p| if p.contains(crate::token::PREFIX) { "[redacted]" } else { p });
+    let path = r.path.as_deref().map(|p| {
+        if p.contains(crate::token::PREFIX) {
+            "[redacted]"
+        } else {
+            p
+        }
+    });
     tracing::info!(
         target: "scimgate::access",
         request_id = r.request_id.as_ref().and_then(|v| v.to_str().ok()),

@@ -67,22 +67,38 @@ impl Origin {
     }
 
     /// Builds a gateway-originated request for `op`.
-    pub fn request(&self, method: Method, op: Operation, query: &str, body: Option<Vec<u8>>) -> Request<Bytes> {
+    pub fn request(
+        &self,
+        method: Method,
+        op: Operation,
+        query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Request<Bytes> {
         let mut req = Request::new(body.map(Bytes::from).unwrap_or_default());
         *req.method_mut() = method;
-        let uri = if query.is_empty() { "/".to_owned() } else { format!("/?{query}") };
+        let uri = if query.is_empty() {
+            "/".to_owned()
+        } else {
+            format!("/?{query}")
+        };
         *req.uri_mut() = uri.parse().unwrap_or_default();
         let h = req.headers_mut();
-        h.insert(header::ACCEPT, HeaderValue::from_static(crate::scim::SCIM_JSON));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(crate::scim::SCIM_JSON),
+        );
         if !req.body().is_empty() {
-            req.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::scim::SCIM_JSON));
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::scim::SCIM_JSON),
+            );
         }
         if let Some(host) = &self.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }
         if let Some(id) = &self.request_id {
-            req.headers_mut().insert(super::request_id::X_REQUEST_ID.clone(), id.clone());
+            req.headers_mut()
+                .insert(super::request_id::X_REQUEST_ID.clone(), id.clone());
         }
         if let Some(c) = &self.conn {
             req.extensions_mut().insert(c.clone());
@@ -106,7 +122,12 @@ where
 /// Reads a response body as JSON.
 pub async fn json_of(resp: GatewayResponse) -> Result<(StatusCode, Value), BoxError> {
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let v = serde_json::from_slice(&bytes)
         .map_err(|_| GatewayError::UpstreamInvalid("the backend's answer is not JSON"))?;
     Ok((status, v))
@@ -121,7 +142,12 @@ fn get_op(rt: ResourceType, id: &str) -> Operation {
 }
 
 /// The stored user with `id`, or `None` when the backend has none.
-pub async fn user<S>(dir: &Directory, inner: &S, origin: &Origin, id: &str) -> Result<Option<Arc<Value>>, BoxError>
+pub async fn user<S>(
+    dir: &Directory,
+    inner: &S,
+    origin: &Origin,
+    id: &str,
+) -> Result<Option<Arc<Value>>, BoxError>
 where
     S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
 {
@@ -129,7 +155,11 @@ where
     if let Some(v) = dir.users.get(&key) {
         return Ok(Some(v));
     }
-    let resp = call(inner, origin.request(Method::GET, get_op(ResourceType::User, id), "", None)).await?;
+    let resp = call(
+        inner,
+        origin.request(Method::GET, get_op(ResourceType::User, id), "", None),
+    )
+    .await?;
     match resp.status() {
         StatusCode::OK => {
             let (_, v) = json_of(resp).await?;
@@ -147,7 +177,11 @@ pub async fn group<S>(inner: &S, origin: &Origin, id: &str) -> Result<Option<Val
 where
     S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
 {
-    let resp = call(inner, origin.request(Method::GET, get_op(ResourceType::Group, id), "", None)).await?;
+    let resp = call(
+        inner,
+        origin.request(Method::GET, get_op(ResourceType::Group, id), "", None),
+    )
+    .await?;
     match resp.status() {
         StatusCode::OK => Ok(Some(json_of(resp).await?.1)),
         StatusCode::NOT_FOUND => Ok(None),

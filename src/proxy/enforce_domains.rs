@@ -66,7 +66,11 @@ pub struct EnforceDomains<S> {
 
 impl<S> Service<Request<Bytes>> for EnforceDomains<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = GatewayResponse;
@@ -97,7 +101,11 @@ struct Ctx<S> {
 
 impl<S> Ctx<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     fn policy(&self) -> DomainPolicy<'_> {
@@ -146,14 +154,20 @@ where
 
     /// Whether `id` names a user this token may see.
     async fn visible_user(&self, id: &str) -> Result<bool, BoxError> {
-        Ok(match directory::user(&self.dir, &self.inner, &self.origin, id).await? {
-            Some(u) => self.policy().judge_user(&u).is_ok(),
-            None => false,
-        })
+        Ok(
+            match directory::user(&self.dir, &self.inner, &self.origin, id).await? {
+                Some(u) => self.policy().judge_user(&u).is_ok(),
+                None => false,
+            },
+        )
     }
 
     /// Members may only be in-scope users (or users this Bulk request creates).
-    async fn check_members(&self, ids: &[String], created: &HashSet<String>) -> Result<(), BoxError> {
+    async fn check_members(
+        &self,
+        ids: &[String],
+        created: &HashSet<String>,
+    ) -> Result<(), BoxError> {
         for id in ids {
             if created.contains(id) {
                 continue;
@@ -196,7 +210,12 @@ where
 
     /// Judges one write as if it were sent alone. `created` holds `bulkId:…` references to
     /// resources earlier operations of the same Bulk request create.
-    async fn check_write(&self, op: &Operation, body: Option<&Value>, created: &HashSet<String>) -> Result<(), BoxError> {
+    async fn check_write(
+        &self,
+        op: &Operation,
+        body: Option<&Value>,
+        created: &HashSet<String>,
+    ) -> Result<(), BoxError> {
         let id = op.id.as_deref();
         let fresh = id.is_some_and(|i| created.contains(i));
         match (op.endpoint, op.kind) {
@@ -211,8 +230,15 @@ where
             }
             (Endpoint::Resource(ResourceType::User), OpKind::Patch) => {
                 let body = body.ok_or(missing_body())?;
-                let current = if fresh { None } else { self.owned_user(id.unwrap_or_default()).await? };
-                let current = current.as_deref().cloned().unwrap_or(Value::Object(Default::default()));
+                let current = if fresh {
+                    None
+                } else {
+                    self.owned_user(id.unwrap_or_default()).await?
+                };
+                let current = current
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or(Value::Object(Default::default()));
                 match judge_user_patch(&current, body, &self.policy()) {
                     Ok(()) => {}
                     Err(PatchDenial::Invalid(d)) => {
@@ -229,10 +255,8 @@ where
                     )))?,
                 }
             }
-            (Endpoint::Resource(ResourceType::User), OpKind::Delete) => {
-                if !fresh {
-                    self.owned_user(id.unwrap_or_default()).await?;
-                }
+            (Endpoint::Resource(ResourceType::User), OpKind::Delete) if !fresh => {
+                self.owned_user(id.unwrap_or_default()).await?;
             }
             (Endpoint::Resource(ResourceType::Group), OpKind::Create | OpKind::Replace) => {
                 let body = body.ok_or(missing_body())?;
@@ -246,10 +270,12 @@ where
                 }
             }
             (Endpoint::Resource(ResourceType::Group), OpKind::Patch) => {
-                let changes = group_member_changes(body.ok_or(missing_body())?).map_err(|d| GatewayError::BadRequest {
-                    reason: "patch_uninterpretable",
-                    scim_type: Some("invalidSyntax"),
-                    detail: d.into(),
+                let changes = group_member_changes(body.ok_or(missing_body())?).map_err(|d| {
+                    GatewayError::BadRequest {
+                        reason: "patch_uninterpretable",
+                        scim_type: Some("invalidSyntax"),
+                        detail: d.into(),
+                    }
                 })?;
                 self.check_members(&changes.added, created).await?;
                 self.check_members(&changes.removed, created).await?;
@@ -257,10 +283,8 @@ where
                     self.check_no_hidden_members(id.unwrap_or_default()).await?;
                 }
             }
-            (Endpoint::Resource(ResourceType::Group), OpKind::Delete) => {
-                if !fresh {
-                    self.check_no_hidden_members(id.unwrap_or_default()).await?;
-                }
+            (Endpoint::Resource(ResourceType::Group), OpKind::Delete) if !fresh => {
+                self.check_no_hidden_members(id.unwrap_or_default()).await?;
             }
             _ => {}
         }
@@ -268,15 +292,22 @@ where
     }
 
     fn invalidate(&self, op: &Operation) {
-        if let (Endpoint::Resource(ResourceType::User), Some(id)) = (op.endpoint, op.id.as_deref()) {
+        if let (Endpoint::Resource(ResourceType::User), Some(id)) = (op.endpoint, op.id.as_deref())
+        {
             self.dir.invalidate(&self.origin.tenant.id, id);
         }
     }
 
     /// Removes the members this token may not see from a group resource.
     async fn filter_members(&self, group: &mut Value) -> Result<bool, BoxError> {
-        let Some(obj) = group.as_object_mut() else { return Ok(false) };
-        let Some(key) = obj.keys().find(|k| k.eq_ignore_ascii_case("members")).cloned() else {
+        let Some(obj) = group.as_object_mut() else {
+            return Ok(false);
+        };
+        let Some(key) = obj
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case("members"))
+            .cloned()
+        else {
             return Ok(false);
         };
         let Some(Value::Array(members)) = obj.get_mut(&key) else {
@@ -290,7 +321,10 @@ where
                 .and_then(|o| get_ci(o, "type"))
                 .and_then(Value::as_str)
                 .is_some_and(|t| t.eq_ignore_ascii_case("Group"));
-            let id = m.as_object().and_then(|o| get_ci(o, "value")).and_then(Value::as_str);
+            let id = m
+                .as_object()
+                .and_then(|o| get_ci(o, "value"))
+                .and_then(Value::as_str);
             let keep = match id {
                 Some(id) if !is_group => self.visible_user(id).await?,
                 Some(_) => true,
@@ -346,14 +380,22 @@ fn member_ids(group: &Value) -> Vec<String> {
                         .and_then(Value::as_str)
                         .is_some_and(|t| t.eq_ignore_ascii_case("Group"))
                 })
-                .filter_map(|m| m.as_object().and_then(|o| get_ci(o, "value")).and_then(Value::as_str))
+                .filter_map(|m| {
+                    m.as_object()
+                        .and_then(|o| get_ci(o, "value"))
+                        .and_then(Value::as_str)
+                })
                 .map(str::to_owned)
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn json_response(status: StatusCode, v: &Value, template: Option<&http::response::Parts>) -> GatewayResponse {
+fn json_response(
+    status: StatusCode,
+    v: &Value,
+    template: Option<&http::response::Parts>,
+) -> GatewayResponse {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut resp = GatewayResponse::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -364,8 +406,10 @@ fn json_response(status: StatusCode, v: &Value, template: Option<&http::response
             }
         }
     }
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::scim::SCIM_JSON));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::scim::SCIM_JSON),
+    );
     resp
 }
 
@@ -377,9 +421,17 @@ fn bad_query(detail: String) -> GatewayError {
     }
 }
 
-async fn enforce<S>(inner: S, dir: Arc<Directory>, mut req: Request<Bytes>) -> Result<GatewayResponse, BoxError>
+async fn enforce<S>(
+    inner: S,
+    dir: Arc<Directory>,
+    mut req: Request<Bytes>,
+) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     let ext = req.extensions();
@@ -402,16 +454,26 @@ where
     };
 
     // Bodies are read strictly for every token: what the gateway reads is what the backend reads.
-    let wants_body = matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Search | OpKind::Bulk);
+    let wants_body = matches!(
+        op.kind,
+        OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Search | OpKind::Bulk
+    );
     let body: Option<Value> = if req.body().is_empty() {
         if wants_body {
             return Err(missing_body().into());
         }
         None
     } else if !wants_body {
-        return Err(GatewayError::bad_request("unexpected_body", "this operation takes no request body").into());
+        return Err(GatewayError::bad_request(
+            "unexpected_body",
+            "this operation takes no request body",
+        )
+        .into());
     } else {
-        Some(parse_strict(req.body(), MAX_DEPTH).map_err(|e| GatewayError::invalid_syntax(format!("invalid JSON body: {e}")))?)
+        Some(
+            parse_strict(req.body(), MAX_DEPTH)
+                .map_err(|e| GatewayError::invalid_syntax(format!("invalid JSON body: {e}")))?,
+        )
     };
 
     if op.endpoint == Endpoint::ServiceProviderConfig {
@@ -456,9 +518,15 @@ where
     let users = op.endpoint == Endpoint::Resource(ResourceType::User);
     let is_list = matches!(op.kind, OpKind::List | OpKind::Search);
     if !is_list && query.has_list_params() {
-        return Err(bad_query("filter, sorting and paging parameters only apply to lists".into()).into());
+        return Err(
+            bad_query("filter, sorting and paging parameters only apply to lists".into()).into(),
+        );
     }
-    let forwarded = if users { query.backend_query(None) } else { query.canonical_query() };
+    let forwarded = if users {
+        query.backend_query(None)
+    } else {
+        query.canonical_query()
+    };
     if !(users && is_list) {
         set_query(&mut req, &forwarded)?;
     }
@@ -481,7 +549,11 @@ where
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             let mut user: Value = serde_json::from_slice(&bytes)
                 .map_err(|_| GatewayError::UpstreamInvalid("the backend's user is not JSON"))?;
             match ctx.policy().judge_user(&user) {
@@ -508,14 +580,21 @@ where
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             let mut v: Value = serde_json::from_slice(&bytes)
                 .map_err(|_| GatewayError::UpstreamInvalid("the backend's group is not JSON"))?;
             let mut dropped = false;
             if single {
                 dropped |= ctx.filter_members(&mut v).await?;
             } else if let Some(rs) = v.as_object_mut().and_then(|o| {
-                let k = o.keys().find(|k| k.eq_ignore_ascii_case("Resources")).cloned()?;
+                let k = o
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case("Resources"))
+                    .cloned()?;
                 o.get_mut(&k)?.as_array_mut()
             }) {
                 for g in rs.iter_mut() {
@@ -523,7 +602,10 @@ where
                 }
             }
             if dropped && ctx.report_only {
-                ctx.verdict(Err(GatewayError::forbidden("member_out_of_scope", "hidden group members")))?;
+                ctx.verdict(Err(GatewayError::forbidden(
+                    "member_out_of_scope",
+                    "hidden group members",
+                )))?;
                 return Ok(GatewayResponse::from_parts(parts, Full::new(bytes)));
             }
             Ok(json_response(StatusCode::OK, &v, Some(&parts)))
@@ -533,24 +615,41 @@ where
 }
 
 fn set_query(req: &mut Request<Bytes>, query: &str) -> Result<(), GatewayError> {
-    let uri = if query.is_empty() { "/".to_owned() } else { format!("/?{query}") };
-    *req.uri_mut() = uri.parse().map_err(|_| bad_query("unusable query".into()))?;
+    let uri = if query.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/?{query}")
+    };
+    *req.uri_mut() = uri
+        .parse()
+        .map_err(|_| bad_query("unusable query".into()))?;
     Ok(())
 }
 
 /// After a user write the backend answers with the stored user. If the backend's reading of
 /// the write differed from the gateway's and the user is now outside the token's domains, the
 /// write cannot be undone, but the client is not shown the user and the log says so loudly.
-async fn post_write_check<S>(ctx: &Ctx<S>, resp: GatewayResponse) -> Result<GatewayResponse, BoxError>
+async fn post_write_check<S>(
+    ctx: &Ctx<S>,
+    resp: GatewayResponse,
+) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     if !resp.status().is_success() || ctx.report_only {
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     if !bytes.is_empty() {
         if let Ok(user) = serde_json::from_slice::<Value>(&bytes) {
             if let Err(e) = ctx.policy().judge_user(&user) {
@@ -560,7 +659,10 @@ where
                     token_id = &*ctx.token.id,
                     "the backend stored a user outside the token's domains after a write the gateway allowed"
                 );
-                return Err(GatewayError::UpstreamInvalid("the stored user is outside the token's domains").into());
+                return Err(GatewayError::UpstreamInvalid(
+                    "the stored user is outside the token's domains",
+                )
+                .into());
             }
         }
     }
@@ -569,9 +671,17 @@ where
 
 /// Pages through the backend and returns only the users this token may see, with
 /// `totalResults`, `startIndex` and `itemsPerPage` computed over them alone.
-async fn list_users<S>(ctx: &Ctx<S>, q: &ScimQuery, search: bool) -> Result<GatewayResponse, BoxError>
+async fn list_users<S>(
+    ctx: &Ctx<S>,
+    q: &ScimQuery,
+    search: bool,
+) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     let (start, count) = q.page();
@@ -584,11 +694,24 @@ where
     loop {
         let req = if search {
             let body = serde_json::to_vec(&q.backend_search(next, SCAN_PAGE)).unwrap_or_default();
-            let op = Operation { endpoint: Endpoint::Resource(ResourceType::User), kind: OpKind::Search, id: None };
+            let op = Operation {
+                endpoint: Endpoint::Resource(ResourceType::User),
+                kind: OpKind::Search,
+                id: None,
+            };
             ctx.origin.request(Method::POST, op, "", Some(body))
         } else {
-            let op = Operation { endpoint: Endpoint::Resource(ResourceType::User), kind: OpKind::List, id: None };
-            ctx.origin.request(Method::GET, op, &q.backend_query(Some((next, SCAN_PAGE))), None)
+            let op = Operation {
+                endpoint: Endpoint::Resource(ResourceType::User),
+                kind: OpKind::List,
+                id: None,
+            };
+            ctx.origin.request(
+                Method::GET,
+                op,
+                &q.backend_query(Some((next, SCAN_PAGE))),
+                None,
+            )
         };
         let resp = ctx.forward(req).await?;
         if resp.status() != StatusCode::OK {
@@ -596,8 +719,9 @@ where
             return Ok(resp);
         }
         let (_, mut page) = directory::json_of(resp).await?;
-        let (resources, total) = list_resources(&mut page)
-            .ok_or(GatewayError::UpstreamInvalid("the backend's list response has no Resources array"))?;
+        let (resources, total) = list_resources(&mut page).ok_or(GatewayError::UpstreamInvalid(
+            "the backend's list response has no Resources array",
+        ))?;
         let n = resources.len();
         for mut r in resources {
             if policy.judge_user(&r).is_ok() {
@@ -616,35 +740,56 @@ where
             return Err(GatewayError::BadRequest {
                 reason: "too_many_results",
                 scim_type: Some("tooMany"),
-                detail: "the filter matches more users than the gateway will scan; narrow it".into(),
+                detail: "the filter matches more users than the gateway will scan; narrow it"
+                    .into(),
             }
             .into());
         }
     }
     if out_of_scope && ctx.report_only {
-        ctx.verdict(Err(GatewayError::Hidden { reason: "domain_out_of_scope" }))?;
+        ctx.verdict(Err(GatewayError::Hidden {
+            reason: "domain_out_of_scope",
+        }))?;
     }
     let total = visible.len();
     let page: Vec<Value> = visible.into_iter().skip(start - 1).take(count).collect();
-    Ok(json_response(StatusCode::OK, &list_response(page, total, start), None))
+    Ok(json_response(
+        StatusCode::OK,
+        &list_response(page, total, start),
+        None,
+    ))
 }
 
 /// Rewrites `/ServiceProviderConfig` so it describes what this token may do through the gateway.
 async fn advertise<S>(resp: GatewayResponse, ctx: &Ctx<S>) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     if resp.status() != StatusCode::OK {
         return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-        return Err(GatewayError::UpstreamInvalid("the backend's ServiceProviderConfig is not JSON").into());
+        return Err(GatewayError::UpstreamInvalid(
+            "the backend's ServiceProviderConfig is not JSON",
+        )
+        .into());
     };
     if let Some(obj) = v.as_object_mut() {
-        let backend = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("bulk")).map(|(_, b)| b.clone());
+        let backend = obj
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("bulk"))
+            .map(|(_, b)| b.clone());
         let backend_ok = backend
             .as_ref()
             .and_then(|b| b.get("supported"))

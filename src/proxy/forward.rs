@@ -45,7 +45,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites the client's headers into the backend request's headers, in place.
-pub fn upstream_headers(headers: &mut HeaderMap, conn: Option<&ClientConn>, credential: Option<&HeaderValue>) {
+pub fn upstream_headers(
+    headers: &mut HeaderMap,
+    conn: Option<&ClientConn>,
+    credential: Option<&HeaderValue>,
+) {
     strip_hop_by_hop(headers);
     for h in [
         header::AUTHORIZATION,
@@ -77,7 +81,10 @@ pub fn upstream_headers(headers: &mut HeaderMap, conn: Option<&ClientConn>, cred
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
 }
 
 impl Service<Request<Bytes>> for Forward {
@@ -100,7 +107,10 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
         .extensions
         .remove::<Routed>()
         .ok_or(GatewayError::Internal("forwarding an unrouted request"))?;
-    let record = parts.extensions.get::<super::access_log::RecordHandle>().cloned();
+    let record = parts
+        .extensions
+        .get::<super::access_log::RecordHandle>()
+        .cloned();
     let up = &routed.tenant.upstream;
 
     let mut target = String::with_capacity(up.base_url.len() + 64);
@@ -110,10 +120,14 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
         target.push('?');
         target.push_str(q);
     }
-    let uri: Uri = target
-        .parse()
-        .map_err(|_| GatewayError::bad_request("bad_path", "the request path cannot be forwarded"))?;
-    upstream_headers(&mut parts.headers, parts.extensions.get::<ClientConn>(), up.authorization());
+    let uri: Uri = target.parse().map_err(|_| {
+        GatewayError::bad_request("bad_path", "the request path cannot be forwarded")
+    })?;
+    upstream_headers(
+        &mut parts.headers,
+        parts.extensions.get::<ClientConn>(),
+        up.authorization(),
+    );
 
     let mut out = Request::new(Full::new(body));
     *out.method_mut() = parts.method;
@@ -131,11 +145,18 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
     if let Some(r) = &record {
         r.update(|r| r.upstream_status = Some(rparts.status.as_u16()));
     }
-    let collected = timeout_at(deadline, Limited::new(rbody, up.max_response_bytes).collect()).await;
+    let collected = timeout_at(
+        deadline,
+        Limited::new(rbody, up.max_response_bytes).collect(),
+    )
+    .await;
     let bytes = match collected {
         Err(_) => return Err(GatewayError::UpstreamTimeout.into()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(GatewayError::UpstreamInvalid("response larger than upstream.max_response_bytes").into())
+            return Err(GatewayError::UpstreamInvalid(
+                "response larger than upstream.max_response_bytes",
+            )
+            .into())
         }
         Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(e.as_ref())).into()),
         Ok(Ok(c)) => c.to_bytes(),

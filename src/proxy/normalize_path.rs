@@ -19,7 +19,11 @@ impl<B> Predicate<Request<B>> for NormalizePath {
         let path = normalize_path(req.uri().path()).map_err(GatewayError::from)?;
         if let Some(q) = req.uri().query() {
             if q.bytes().any(|b| b < 0x21 || b == 0x7f || b == b'#') {
-                return Err(GatewayError::bad_request("bad_query", "the query string is malformed").into());
+                return Err(GatewayError::bad_request(
+                    "bad_query",
+                    "the query string is malformed",
+                )
+                .into());
             }
         }
         super::access_log::record(&req, |r| r.path = Some(path.clone()));

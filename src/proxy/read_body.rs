@@ -37,7 +37,10 @@ pub fn check_media_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     for enc in headers.get_all(header::CONTENT_ENCODING) {
         let ok = enc
             .to_str()
-            .map(|s| s.split(',').all(|e| e.trim().eq_ignore_ascii_case("identity")))
+            .map(|s| {
+                s.split(',')
+                    .all(|e| e.trim().eq_ignore_ascii_case("identity"))
+            })
             .unwrap_or(false);
         if !ok {
             return Err(GatewayError::UnsupportedMediaType(
@@ -46,14 +49,21 @@ pub fn check_media_type(headers: &HeaderMap) -> Result<(), GatewayError> {
         }
     }
     if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
-        return Err(GatewayError::UnsupportedMediaType("a request may carry one Content-Type"));
+        return Err(GatewayError::UnsupportedMediaType(
+            "a request may carry one Content-Type",
+        ));
     }
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim());
     match ct {
-        Some(t) if t.eq_ignore_ascii_case("application/scim+json") || t.eq_ignore_ascii_case("application/json") => Ok(()),
+        Some(t)
+            if t.eq_ignore_ascii_case("application/scim+json")
+                || t.eq_ignore_ascii_case("application/json") =>
+        {
+            Ok(())
+        }
         _ => Err(GatewayError::UnsupportedMediaType(
             "request bodies must be application/scim+json or application/json",
         )),
@@ -81,7 +91,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let Some(limits) = req.extensions().get::<Snapshot>().map(|s| s.0.limits.clone()) else {
+            let Some(limits) = req
+                .extensions()
+                .get::<Snapshot>()
+                .map(|s| s.0.limits.clone())
+            else {
                 return Err(GatewayError::Internal("no policy snapshot").into());
             };
             let declared = req
@@ -104,7 +118,11 @@ where
                     return Err(GatewayError::BodyTooLarge(limits.max_body_bytes).into())
                 }
                 Ok(Err(_)) => {
-                    return Err(GatewayError::bad_request("body_unreadable", "the request body could not be read").into())
+                    return Err(GatewayError::bad_request(
+                        "body_unreadable",
+                        "the request body could not be read",
+                    )
+                    .into())
                 }
                 Ok(Ok(c)) => c.to_bytes(),
             };

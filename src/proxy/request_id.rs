@@ -50,7 +50,8 @@ pub fn generate() -> HeaderValue {
         u32::from_le_bytes(b)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}")).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}"))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 impl<S, B> Service<Request<B>> for RequestId<S>

@@ -38,7 +38,10 @@ pub fn public_base<B>(req: &Request<B>, prefix: &str) -> String {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .filter(|h| h.parse::<http::uri::Authority>().is_ok_and(|a| a.as_str() == *h && !h.contains('@')));
+        .filter(|h| {
+            h.parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.as_str() == *h && !h.contains('@'))
+        });
     let host = match host {
         Some(h) => h.to_owned(),
         None => req

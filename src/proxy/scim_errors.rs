@@ -43,7 +43,11 @@ pub fn respond(err: BoxError, record: Option<&RecordHandle>) -> GatewayResponse 
     };
     if let Some(rec) = record {
         rec.update(|r| {
-            r.decision = Some(if err.is_policy_decision() { "deny" } else { "error" });
+            r.decision = Some(if err.is_policy_decision() {
+                "deny"
+            } else {
+                "error"
+            });
             r.reason = Some(err.reason());
         });
     }

@@ -33,14 +33,21 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("base_url", &self.base_url)
-            .field("authorization", &self.authorization.as_ref().map(|_| "[redacted]"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "[redacted]"),
+            )
             .field("timeout", &self.timeout)
             .finish()
     }
 }
 
 impl Upstream {
-    pub fn new(cfg: &Config, section: &UpstreamSection, authorization: Option<&str>) -> Result<Self, Problems> {
+    pub fn new(
+        cfg: &Config,
+        section: &UpstreamSection,
+        authorization: Option<&str>,
+    ) -> Result<Self, Problems> {
         let problem = |msg: String| Problems::single(&cfg.path, msg);
         let uri: Uri = section
             .url
@@ -52,8 +59,9 @@ impl Upstream {
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let authorization = match authorization {
             Some(v) => {
-                let mut hv = HeaderValue::from_str(v)
-                    .map_err(|_| problem("upstream.authorization: not a valid header value".into()))?;
+                let mut hv = HeaderValue::from_str(v).map_err(|_| {
+                    problem("upstream.authorization: not a valid header value".into())
+                })?;
                 hv.set_sensitive(true);
                 Some(hv)
             }

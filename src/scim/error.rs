@@ -152,7 +152,9 @@ impl GatewayError {
             Auth(_) => UNAUTHENTICATED.into(),
             Hidden { .. } => "Resource not found.".into(),
             UpstreamUnavailable(_) => "The SCIM service behind the gateway is unavailable.".into(),
-            UpstreamInvalid(_) => "The SCIM service behind the gateway sent an unusable response.".into(),
+            UpstreamInvalid(_) => {
+                "The SCIM service behind the gateway sent an unusable response.".into()
+            }
             other => other.to_string().into(),
         }
     }
@@ -180,7 +182,11 @@ impl GatewayError {
 }
 
 /// A SCIM error body with the given status, optional `scimType` and detail.
-pub fn error_response(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response<Full<Bytes>> {
+pub fn error_response(
+    status: StatusCode,
+    scim_type: Option<&str>,
+    detail: &str,
+) -> Response<Full<Bytes>> {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Body<'a> {
@@ -199,8 +205,10 @@ pub fn error_response(status: StatusCode, scim_type: Option<&str>, detail: &str)
     .unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(super::SCIM_JSON));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(super::SCIM_JSON),
+    );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

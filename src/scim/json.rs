@@ -15,7 +15,11 @@ pub const MAX_DEPTH: usize = 32;
 /// Parses `bytes` as one JSON value, refusing duplicate keys and nesting beyond `max_depth`.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = Strict { depth: 0, max_depth }.deserialize(&mut de)?;
+    let v = Strict {
+        depth: 0,
+        max_depth,
+    }
+    .deserialize(&mut de)?;
     de.end()?;
     Ok(v)
 }
@@ -29,7 +33,10 @@ struct Strict {
 impl Strict {
     fn deeper<E: serde::de::Error>(self) -> Result<Self, E> {
         if self.depth >= self.max_depth {
-            return Err(E::custom(format_args!("nesting deeper than {} levels", self.max_depth)));
+            return Err(E::custom(format_args!(
+                "nesting deeper than {} levels",
+                self.max_depth
+            )));
         }
         Ok(Strict {
             depth: self.depth + 1,
@@ -107,21 +114,32 @@ mod tests {
     #[test]
     fn refuses_what_parsers_disagree_on() {
         assert!(parse_strict(br#"{"a":1,"a":2}"#, MAX_DEPTH).is_err());
-        assert!(parse_strict(br#"{"x":{"emails":[{"value":"a","value":"b"}]}}"#, MAX_DEPTH).is_err());
+        assert!(parse_strict(
+            br#"{"x":{"emails":[{"value":"a","value":"b"}]}}"#,
+            MAX_DEPTH
+        )
+        .is_err());
         assert!(parse_strict(b"{\"a\":\"\xff\"}", MAX_DEPTH).is_err());
         assert!(parse_strict(br#"{"a":1} {"b":2}"#, MAX_DEPTH).is_err());
         let deep = "[".repeat(40) + &"]".repeat(40);
         assert!(parse_strict(deep.as_bytes(), MAX_DEPTH).is_err());
         let ok = "[".repeat(10) + &"]".repeat(10);
         assert!(parse_strict(ok.as_bytes(), MAX_DEPTH).is_ok());
-        assert_eq!(parse_strict(br#"{"a":[1,2.5,"x",null,true]}"#, MAX_DEPTH).unwrap()["a"][2], "x");
+        assert_eq!(
+            parse_strict(br#"{"a":[1,2.5,"x",null,true]}"#, MAX_DEPTH).unwrap()["a"][2],
+            "x"
+        );
     }
 
     #[test]
     fn keys_differing_in_case_or_non_ascii_are_refused() {
         assert!(parse_strict(br#"{"path":"a","PATH":"b"}"#, MAX_DEPTH).is_err());
         assert!(parse_strict(br#"{"email\u017f":1}"#, MAX_DEPTH).is_err());
-        assert!(parse_strict(br#"{"emails":[{"value":"b\u00fccher@acme.com"}]}"#, MAX_DEPTH).is_ok());
+        assert!(parse_strict(
+            br#"{"emails":[{"value":"b\u00fccher@acme.com"}]}"#,
+            MAX_DEPTH
+        )
+        .is_ok());
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::path::Path;
 /// Atomically replaces `path` with `file`.
 pub fn write_tokens_file(path: &Path, file: &TokensFile) -> std::io::Result<()> {
     let body = serde_yaml::to_string(file).map_err(std::io::Error::other)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".tokens.")
         .suffix(".tmp")
@@ -40,6 +43,7 @@ pub fn update_tokens_file<T>(
         Err(e) => return Err(format!("{}: cannot read the file: {e}", path.display())),
     };
     let out = edit(&mut file)?;
-    write_tokens_file(path, &file).map_err(|e| format!("{}: cannot write the file: {e}", path.display()))?;
+    write_tokens_file(path, &file)
+        .map_err(|e| format!("{}: cannot write the file: {e}", path.display()))?;
     Ok(out)
 }

@@ -48,7 +48,10 @@ pub fn looks_like_token(s: &str) -> bool {
         return false;
     }
     let (head, check) = s.split_at(TOKEN_LEN - CHECK_LEN);
-    if !head[PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !head[PREFIX.len()..]
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric())
+    {
         return false;
     }
     base62_fixed(crc32fast::hash(head.as_bytes())).as_bytes() == check.as_bytes()

@@ -4,6 +4,7 @@
 mod file;
 mod format;
 mod store;
+pub mod usage;
 
 pub use file::{update_tokens_file, write_tokens_file};
 pub use format::{generate, hash, hint, looks_like_token, PREFIX};

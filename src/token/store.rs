@@ -27,6 +27,8 @@ pub enum AuthFailure {
     Suspended,
     #[error("the token is revoked")]
     Revoked,
+    #[error("the secret was rotated out and its overlap has ended")]
+    Rotated,
 }
 
 impl AuthFailure {
@@ -40,6 +42,7 @@ impl AuthFailure {
             AuthFailure::IdleExpired => "token_idle_expired",
             AuthFailure::Suspended => "token_suspended",
             AuthFailure::Revoked => "token_revoked",
+            AuthFailure::Rotated => "token_rotated_out",
         }
     }
 }
@@ -57,8 +60,11 @@ pub struct TokenEntry {
     /// Seconds of disuse after which the token stops working.
     pub idle_timeout: Option<u64>,
     pub status: TokenStatus,
-    /// Unix seconds of the last accepted use (or of issue/load when never used).
-    pub last_used: AtomicU64,
+    /// Unix seconds of the last accepted use (or of issue/load when never used). Shared with
+    /// the usage store, so it survives reloads and is persisted across restarts.
+    pub last_used: Arc<AtomicU64>,
+    /// The rotated-out secret's digest and the end of its overlap, if any.
+    previous: Option<([u8; 32], u64)>,
 }
 
 impl TokenEntry {
@@ -66,10 +72,21 @@ impl TokenEntry {
     pub fn from_record(rec: &TokenRecord, tenant_domains: &DomainSet, now: u64) -> Option<Self> {
         let digest: [u8; 32] = hex::decode(&rec.sha256).ok()?.try_into().ok()?;
         let domains = match &rec.domains {
-            Some(ds) => DomainSet::new(ds.iter().filter_map(|d| DomainPattern::parse(d).ok()).collect()),
+            Some(ds) => DomainSet::new(
+                ds.iter()
+                    .filter_map(|d| DomainPattern::parse(d).ok())
+                    .collect(),
+            ),
             None => tenant_domains.clone(),
         };
         let created = rec.created_at.map(|t| t.unix()).unwrap_or(now);
+        let previous = match &rec.previous {
+            Some(p) => Some((
+                hex::decode(&p.sha256).ok()?.try_into().ok()?,
+                p.expires_at.unix(),
+            )),
+            None => None,
+        };
         Some(TokenEntry {
             id: rec.id.as_str().into(),
             tenant: rec.tenant.as_str().into(),
@@ -79,7 +96,8 @@ impl TokenEntry {
             expires_at: rec.expires_at.map(|t| t.unix()),
             idle_timeout: rec.idle_timeout.map(|d| d.0.as_secs()),
             status: rec.status,
-            last_used: AtomicU64::new(created),
+            last_used: Arc::new(AtomicU64::new(created)),
+            previous,
         })
     }
 
@@ -107,29 +125,58 @@ impl TokenEntry {
     }
 }
 
-/// Every token of a policy, keyed by digest.
+/// One live secret: the entry it unlocks and, for a rotated-out secret, when it stops working.
+#[derive(Debug)]
+struct Slot {
+    entry: Arc<TokenEntry>,
+    until: Option<u64>,
+}
+
+/// Every token of a policy, keyed by digest. A rotated entry has two live secrets, both keyed
+/// here, sharing one entry.
 #[derive(Debug, Default)]
 pub struct TokenIndex {
-    by_digest: HashMap<[u8; 32], Arc<TokenEntry>>,
+    by_digest: HashMap<[u8; 32], Slot>,
+    entries: Vec<Arc<TokenEntry>>,
 }
 
 impl TokenIndex {
     pub fn new(entries: impl IntoIterator<Item = TokenEntry>) -> Self {
-        TokenIndex {
-            by_digest: entries.into_iter().map(|e| (e.digest, Arc::new(e))).collect(),
+        let mut idx = TokenIndex::default();
+        for e in entries {
+            let e = Arc::new(e);
+            if let Some((digest, until)) = e.previous {
+                idx.by_digest.insert(
+                    digest,
+                    Slot {
+                        entry: e.clone(),
+                        until: Some(until),
+                    },
+                );
+            }
+            idx.by_digest.insert(
+                e.digest,
+                Slot {
+                    entry: e.clone(),
+                    until: None,
+                },
+            );
+            idx.entries.push(e);
         }
+        idx
     }
 
+    /// Number of token entries (not secrets).
     pub fn len(&self) -> usize {
-        self.by_digest.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Arc<TokenEntry>> {
-        self.by_digest.values()
+        self.entries.iter()
     }
 
     /// Validates a presented token: format and checksum first (no lookup for garbage), then one
@@ -142,11 +189,18 @@ impl TokenIndex {
             return Err(AuthFailure::Malformed);
         }
         let digest = super::hash(presented);
-        let entry = self.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
-        if !bool::from(entry.digest.ct_eq(&digest)) {
+        let slot = self.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
+        let expected = match (slot.until, slot.entry.previous) {
+            (Some(_), Some((prev, _))) => prev,
+            _ => slot.entry.digest,
+        };
+        if !bool::from(expected.ct_eq(&digest)) {
             return Err(AuthFailure::Unknown);
         }
-        entry.check(now)?;
-        Ok(entry.clone())
+        if slot.until.is_some_and(|t| now >= t) {
+            return Err(AuthFailure::Rotated);
+        }
+        slot.entry.check(now)?;
+        Ok(slot.entry.clone())
     }
 }

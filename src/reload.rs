@@ -1,0 +1,213 @@
+//! Hot reload: the configuration, the token file and the certificates are re-read on SIGHUP and
+//! whenever one of them changes on disk (notify), and a new policy snapshot is swapped in
+//! atomically. In-flight requests finish on the snapshot they started with. An invalid change
+//! is refused with its `file:line: key` problems in the log, and the last good policy keeps
+//! serving.
+
+use crate::config::{self, Config, Problems};
+use crate::policy::{Policy, PolicyHandle};
+use crate::token::usage::UsageStore;
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tokens this close to expiry are warned about at every load.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// The live TLS configuration, swapped on reload; each new connection reads it once.
+pub type TlsHandle = Arc<ArcSwap<rustls::ServerConfig>>;
+
+/// Builds the TLS configuration a validated configuration names.
+pub fn tls_for(cfg: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
+    let s = &cfg.gateway.server;
+    crate::tls::server_config(
+        &cfg.resolve(&s.tls.cert),
+        &cfg.resolve(&s.tls.key),
+        s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)).as_deref(),
+    )
+    .map_err(|e| format!("{}: server.tls: {e}", cfg.path.display()))
+}
+
+/// Logs tokens that expire within [`EXPIRY_WARNING`]: one expired token can stop provisioning.
+pub fn warn_expiring(cfg: &Config) {
+    let now = crate::proxy::unix_now();
+    for t in &cfg.tokens.tokens {
+        if t.status != config::TokenStatus::Active {
+            continue;
+        }
+        if let Some(exp) = t.expires_at.map(|e| e.unix()) {
+            if exp > now && exp - now <= EXPIRY_WARNING.as_secs() {
+                tracing::warn!(token_id = %t.id, tenant = %t.tenant, expires_at = %t.expires_at.map(|e| e.to_string()).unwrap_or_default(), days_left = (exp - now) / 86_400, "token expires soon; rotate it");
+            }
+        }
+    }
+}
+
+/// Everything a reload replaces.
+pub struct Reloader {
+    pub config_path: PathBuf,
+    pub policy: PolicyHandle,
+    pub tls: TlsHandle,
+    pub usage: Arc<UsageStore>,
+    /// The listen addresses of the running server: changing them needs a restart.
+    pub listen: (std::net::SocketAddr, Option<std::net::SocketAddr>),
+}
+
+impl Reloader {
+    /// Loads, validates and swaps in the configuration on disk. Returns whether it took effect.
+    pub fn reload(&self) -> bool {
+        match self.try_reload() {
+            Ok(cfg) => {
+                tracing::info!(policy_version = %cfg.version, tokens = cfg.tokens.tokens.len(), "policy reloaded");
+                warn_expiring(&cfg);
+                true
+            }
+            Err(problems) => {
+                for p in &problems.0 {
+                    tracing::error!(problem = %p, "configuration refused; the last good policy keeps serving");
+                }
+                false
+            }
+        }
+    }
+
+    fn try_reload(&self) -> Result<Config, Problems> {
+        let cfg = config::load(&self.config_path)?;
+        let policy = Policy::compile_with(&cfg, &self.usage)?;
+        let tls = tls_for(&cfg).map_err(|e| Problems::single(&cfg.path, e))?;
+        if (cfg.gateway.server.listen, cfg.gateway.admin_listen) != self.listen {
+            tracing::warn!("listen addresses changed; they take effect on restart");
+        }
+        self.tls.store(tls);
+        self.policy.store(Arc::new(policy));
+        Ok(cfg)
+    }
+
+    /// The files whose change triggers a reload, by directory.
+    fn watched(&self) -> Vec<(PathBuf, HashSet<OsString>)> {
+        let Ok(cfg) = config::load(&self.config_path) else {
+            return dirs_of(std::slice::from_ref(&self.config_path));
+        };
+        let s = &cfg.gateway.server;
+        let mut files = vec![
+            self.config_path.clone(),
+            cfg.tokens_path.clone(),
+            cfg.resolve(&s.tls.cert),
+            cfg.resolve(&s.tls.key),
+        ];
+        files.extend(s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)));
+        dirs_of(&files)
+    }
+
+    /// Reloads on SIGHUP and on changes to the watched files until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watched = self.watched();
+        let names: Vec<(PathBuf, HashSet<OsString>)> = watched.clone();
+        let watch_tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                // Reading a file (as a reload does) raises access events: only changes count.
+                let change = matches!(
+                    ev.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(_)
+                        | notify::EventKind::Remove(_)
+                );
+                let relevant = change
+                    && ev.paths.iter().any(|p| {
+                        let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+                            return false;
+                        };
+                        names
+                            .iter()
+                            .any(|(d, files)| d == dir && files.contains(name))
+                    });
+                if relevant {
+                    let _ = watch_tx.send(());
+                }
+            }
+        });
+        let _watcher = match watcher {
+            Ok(mut w) => {
+                for (dir, _) in &watched {
+                    if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; use SIGHUP to reload");
+                    }
+                }
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; use SIGHUP to reload");
+                None
+            }
+        };
+        #[cfg(unix)]
+        {
+            let hup_tx = tx.clone();
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let _ = hup_tx.send(());
+                    }
+                });
+            }
+        }
+        drop(tx);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                got = rx.recv() => {
+                    if got.is_none() { return; }
+                    // Editors and `scimgate token` write in several steps: let them settle.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    while rx.try_recv().is_ok() {}
+                    self.reload();
+                }
+            }
+        }
+    }
+}
+
+fn dirs_of(files: &[PathBuf]) -> Vec<(PathBuf, HashSet<OsString>)> {
+    let mut out: Vec<(PathBuf, HashSet<OsString>)> = Vec::new();
+    for f in files {
+        let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+        let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) else {
+            continue;
+        };
+        match out.iter_mut().find(|(d, _)| d == dir) {
+            Some((_, names)) => {
+                names.insert(name.to_owned());
+            }
+            None => out.push((dir.to_owned(), HashSet::from([name.to_owned()]))),
+        }
+    }
+    out
+}
+
+/// Writes the usage store every 10 s until `shutdown`, then once more.
+pub async fn flush_usage(usage: Arc<UsageStore>, shutdown: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                if let Err(e) = usage.flush() {
+                    tracing::warn!(error = %e, "cannot write token usage");
+                }
+            }
+        }
+    }
+    if let Err(e) = usage.flush() {
+        tracing::warn!(error = %e, "cannot write token usage");
+    }
+}
