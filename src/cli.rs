@@ -252,6 +252,7 @@ fn issue(a: IssueArgs) -> Result<(), String> {
         created_at: Some(now),
         hint: Some(crate::token::hint(&token)),
         previous: None,
+        rate_limit: None,
     };
     crate::token::update_tokens_file(&tokens_path, |f| {
         if f.tokens.iter().any(|t| t.id == record.id) {

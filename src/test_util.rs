@@ -48,6 +48,7 @@ pub fn add_token(
         created_at: None,
         hint: None,
         previous: None,
+        rate_limit: None,
     };
     crate::token::update_tokens_file(&tokens, |f: &mut TokensFile| {
         f.tokens.push(record);

@@ -42,6 +42,9 @@ pub struct GatewayFile {
     pub upstream: UpstreamSection,
     pub tenants: Vec<TenantSection>,
     pub tokens_file: PathBuf,
+    /// Rate limits, brute-force protection, concurrency bounds and blast-radius guards.
+    #[serde(default)]
+    pub rate_limits: RateLimitsSection,
     /// Where the gateway keeps state that must survive restarts (token last-use times).
     /// Default: `scimgate-state/` next to this file.
     #[serde(default)]
@@ -84,6 +87,114 @@ fn default_request_timeout() -> HumanDuration {
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(20))
+}
+
+/// A GCRA rate: a sustained rate and the burst allowed on top of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// `rate_limits:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsSection {
+    /// Default per-token rate (a token's own `rate_limit` overrides it).
+    #[serde(default = "default_token_rate")]
+    pub token: Option<Rate>,
+    /// Default per-tenant aggregate rate (a tenant's own `rate_limit` overrides it).
+    #[serde(default)]
+    pub tenant: Option<Rate>,
+    /// Failed authentications allowed per client address (IPv6: per /64) per window; beyond,
+    /// 429 without any token lookup.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures: AuthFailuresSection,
+    /// Requests one token may have in flight at once (503 beyond).
+    #[serde(default = "default_token_concurrency")]
+    pub token_concurrency: u32,
+    /// Requests the gateway may have in flight at once (503 beyond).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Per-token caps on destructive operations.
+    #[serde(default)]
+    pub blast_radius: BlastRadiusSection,
+}
+
+impl Default for RateLimitsSection {
+    fn default() -> Self {
+        RateLimitsSection {
+            token: default_token_rate(),
+            tenant: None,
+            auth_failures: default_auth_failures(),
+            token_concurrency: default_token_concurrency(),
+            max_in_flight: default_max_in_flight(),
+            blast_radius: BlastRadiusSection::default(),
+        }
+    }
+}
+
+fn default_token_rate() -> Option<Rate> {
+    Some(Rate {
+        per_second: 50,
+        burst: 100,
+    })
+}
+fn default_auth_failures() -> AuthFailuresSection {
+    AuthFailuresSection {
+        max: 20,
+        window: HumanDuration(Duration::from_secs(300)),
+    }
+}
+fn default_token_concurrency() -> u32 {
+    32
+}
+fn default_max_in_flight() -> u32 {
+    1024
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFailuresSection {
+    pub max: u32,
+    pub window: HumanDuration,
+}
+
+/// Caps per token and window on deletes, deactivations (`active: false`) and operations that
+/// remove every member of a group: a runaway sync or a stolen token cannot wipe a directory.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlastRadiusSection {
+    #[serde(default = "default_blast_window")]
+    pub window: HumanDuration,
+    #[serde(default = "default_blast_deletes")]
+    pub deletes: u32,
+    #[serde(default = "default_blast_deletes")]
+    pub deactivations: u32,
+    #[serde(default = "default_blast_wipes")]
+    pub group_wipes: u32,
+}
+
+impl Default for BlastRadiusSection {
+    fn default() -> Self {
+        BlastRadiusSection {
+            window: default_blast_window(),
+            deletes: default_blast_deletes(),
+            deactivations: default_blast_deletes(),
+            group_wipes: default_blast_wipes(),
+        }
+    }
+}
+
+fn default_blast_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_blast_deletes() -> u32 {
+    1000
+}
+fn default_blast_wipes() -> u32 {
+    50
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +245,9 @@ pub struct TenantSection {
     /// Whether a domain-scoped token may manage users that carry no email address at all.
     #[serde(default)]
     pub allow_users_without_email: bool,
+    /// Aggregate rate of every token of this tenant.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
 }
 
 /// `tokens.yaml`: written by `scimgate token …`, reviewable in git, holds no secret.
@@ -186,9 +300,18 @@ pub struct TokenRecord {
     /// The last four characters of the secret, so an operator can tell tokens apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// This token's own rate (overrides `rate_limits.token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
     /// The secret this one replaced, still accepted until `expires_at` (rotation overlap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousSecret>,
+}
+
+fn validate_rate(key: &str, r: &Rate, at: &mut dyn FnMut(&str, String)) {
+    if r.per_second == 0 || r.burst == 0 {
+        at(key, "per_second and burst must be greater than 0".into());
+    }
 }
 
 /// A rotated-out secret that keeps working until the overlap ends.
@@ -366,6 +489,31 @@ fn validate_gateway(
     ] {
         if d.0.is_zero() {
             at(problems, key, "must be greater than 0".into());
+        }
+    }
+    {
+        let mut rate_at = |k: &str, m: String| at(problems, k, m);
+        let rl = &gw.rate_limits;
+        if let Some(r) = &rl.token {
+            validate_rate("rate_limits.token", r, &mut rate_at);
+        }
+        if let Some(r) = &rl.tenant {
+            validate_rate("rate_limits.tenant", r, &mut rate_at);
+        }
+        for (i, t) in gw.tenants.iter().enumerate() {
+            if let Some(r) = &t.rate_limit {
+                validate_rate(&format!("tenants[{i}].rate_limit"), r, &mut rate_at);
+            }
+        }
+        if rl.auth_failures.max == 0 || rl.auth_failures.window.0.is_zero() {
+            rate_at("rate_limits.auth_failures", "max and window must be greater than 0".into());
+        }
+        if rl.token_concurrency == 0 || rl.max_in_flight == 0 {
+            rate_at("rate_limits", "token_concurrency and max_in_flight must be greater than 0".into());
+        }
+        let b = &rl.blast_radius;
+        if b.window.0.is_zero() || b.deletes == 0 || b.deactivations == 0 || b.group_wipes == 0 {
+            rate_at("rate_limits.blast_radius", "window and caps must be greater than 0".into());
         }
     }
     if gw.server.max_body_bytes == 0 {
@@ -593,6 +741,9 @@ fn validate_tokens(gw: &GatewayFile, file: &TokensFile, at: &mut impl FnMut(&str
         }
         if t.scopes.is_empty() {
             at(&key("scopes"), "at least one scope is required".into());
+        }
+        if let Some(r) = &t.rate_limit {
+            validate_rate(&key("rate_limit"), r, at);
         }
         if let Some(idle) = t.idle_timeout {
             if idle.0.is_zero() {

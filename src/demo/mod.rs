@@ -90,6 +90,7 @@ fn write_demo_token(dir: &Path, token: &str) -> Result<(), String> {
         created_at: Some(config::Timestamp::now()),
         hint: Some(crate::token::hint(token)),
         previous: None,
+        rate_limit: None,
     };
     crate::token::write_tokens_file(
         &dir.join("tokens.yaml"),

@@ -203,6 +203,29 @@ impl Operation {
     }
 }
 
+/// The methods `classify` accepts on `rest`, for the `Allow` header of a 405.
+pub fn allowed_methods(rest: &str) -> &'static str {
+    const CANDIDATES: [(Method, &str); 5] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+    ];
+    let ok: Vec<&str> = CANDIDATES
+        .iter()
+        .filter(|(m, _)| !matches!(classify(m, rest), Err(RouteError::MethodNotAllowed)))
+        .map(|(_, n)| *n)
+        .collect();
+    match ok.as_slice() {
+        ["GET"] => "GET",
+        ["POST"] => "POST",
+        ["GET", "POST"] => "GET, POST",
+        ["GET", "PUT", "PATCH", "DELETE"] => "GET, PUT, PATCH, DELETE",
+        _ => "GET, POST, PUT, PATCH, DELETE",
+    }
+}
+
 /// Classifies `method` on `rest`, the normalised path below a tenant's prefix.
 pub fn classify(method: &Method, rest: &str) -> Result<Operation, RouteError> {
     let mut segs = rest.split('/').filter(|s| !s.is_empty());

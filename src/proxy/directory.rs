@@ -50,6 +50,8 @@ pub struct Origin {
     pub host: Option<HeaderValue>,
     pub conn: Option<ClientConn>,
     pub request_id: Option<HeaderValue>,
+    /// The client request's log record: the backend statuses of lookups are noted on it.
+    pub record: Option<super::access_log::RecordHandle>,
 }
 
 impl Origin {
@@ -63,6 +65,7 @@ impl Origin {
             }),
             conn: req.extensions().get::<ClientConn>().cloned(),
             request_id: req.headers().get(&super::request_id::X_REQUEST_ID).cloned(),
+            record: req.extensions().get::<super::access_log::RecordHandle>().cloned(),
         }
     }
 
@@ -102,6 +105,9 @@ impl Origin {
         }
         if let Some(c) = &self.conn {
             req.extensions_mut().insert(c.clone());
+        }
+        if let Some(r) = &self.record {
+            req.extensions_mut().insert(r.clone());
         }
         req.extensions_mut().insert(Routed {
             tenant: self.tenant.clone(),

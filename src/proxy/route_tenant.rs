@@ -2,7 +2,7 @@
 //! requires the token to belong to that tenant.
 
 use super::{Authenticated, NormalizedPath, Routed, Snapshot};
-use crate::policy::route::{classify, RouteError};
+use crate::policy::route::{allowed_methods, classify, RouteError};
 use crate::scim::error::GatewayError;
 use http::Request;
 use tower::filter::{FilterLayer, Predicate};
@@ -33,7 +33,12 @@ impl<B> Predicate<Request<B>> for RouteTenant {
         if tenant.id != token.0.tenant {
             return Err(GatewayError::TenantMismatch.into());
         }
-        let op = classify(req.method(), rest).map_err(GatewayError::from)?;
+        let op = classify(req.method(), rest).map_err(|e| match e {
+            RouteError::MethodNotAllowed => GatewayError::MethodNotAllowed {
+                allow: allowed_methods(rest),
+            },
+            other => GatewayError::from(other),
+        })?;
         super::access_log::record(&req, |r| r.operation = Some(op.kind.as_str()));
         let routed = Routed {
             tenant: tenant.clone(),

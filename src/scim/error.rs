@@ -19,6 +19,8 @@ pub enum GatewayError {
     AuthThrottled,
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed { allow: &'static str },
     #[error("the token belongs to another tenant")]
     TenantMismatch,
     #[error("the token lacks the {0} scope")]
@@ -89,7 +91,7 @@ impl GatewayError {
             AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
             Route(RouteError::BadPath(_)) => StatusCode::BAD_REQUEST,
             Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
-            Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            Route(RouteError::MethodNotAllowed) | MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Route(RouteError::NotImplemented(_)) => StatusCode::NOT_IMPLEMENTED,
             TenantMismatch | MissingScope(_) | Forbidden { .. } => StatusCode::FORBIDDEN,
             Hidden { .. } => StatusCode::NOT_FOUND,
@@ -111,7 +113,7 @@ impl GatewayError {
             AuthThrottled => "auth_throttled",
             Route(RouteError::BadPath(_)) => "bad_path",
             Route(RouteError::NotFound) => "unknown_path",
-            Route(RouteError::MethodNotAllowed) => "method_not_allowed",
+            Route(RouteError::MethodNotAllowed) | MethodNotAllowed { .. } => "method_not_allowed",
             Route(RouteError::NotImplemented(_)) => "not_implemented",
             TenantMismatch => "tenant_mismatch",
             MissingScope(_) => "scope_denied",
@@ -171,7 +173,9 @@ impl GatewayError {
                     HeaderValue::from_static(r#"Bearer realm="scimgate", error="invalid_token""#),
                 );
             }
-            GatewayError::Route(RouteError::MethodNotAllowed) => {}
+            GatewayError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
             GatewayError::AuthThrottled => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             }
