@@ -351,6 +351,22 @@ fn list(config_path: &Path) -> Result<(), String> {
             scopes.join(","),
             domains
         );
+        let rate = t.rate_limit.or(gw.rate_limits.token);
+        println!(
+            "{:<20} rate limit: {}",
+            "",
+            rate.map(|r| format!(
+                "{}/s, burst {}{}",
+                r.per_second,
+                r.burst,
+                if t.rate_limit.is_some() {
+                    ""
+                } else {
+                    " (gateway default)"
+                }
+            ))
+            .unwrap_or_else(|| "none".into())
+        );
         if let Some(p) = &t.previous {
             if p.expires_at > now {
                 println!("{:<20} previous secret accepted until {}", "", p.expires_at);

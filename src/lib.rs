@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod scim;
 pub mod server;

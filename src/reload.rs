@@ -53,6 +53,7 @@ pub struct Reloader {
     pub policy: PolicyHandle,
     pub tls: TlsHandle,
     pub usage: Arc<UsageStore>,
+    pub limiters: Arc<crate::ratelimit::Limits>,
     /// The listen addresses of the running server: changing them needs a restart.
     pub listen: (std::net::SocketAddr, Option<std::net::SocketAddr>),
 }
@@ -77,7 +78,7 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<Config, Problems> {
         let cfg = config::load(&self.config_path)?;
-        let policy = Policy::compile_with(&cfg, &self.usage)?;
+        let policy = Policy::compile_with(&cfg, &self.usage, &self.limiters)?;
         let tls = tls_for(&cfg).map_err(|e| Problems::single(&cfg.path, e))?;
         if (cfg.gateway.server.listen, cfg.gateway.admin_listen) != self.listen {
             tracing::warn!("listen addresses changed; they take effect on restart");

@@ -149,7 +149,8 @@ pub async fn shutdown_signal() {
 /// reloading on SIGHUP and on file changes.
 pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), String> {
     let usage = Arc::new(UsageStore::open(&cfg.state_dir())?);
-    let compiled = Policy::compile_with(&cfg, &usage).map_err(|p| p.to_string())?;
+    let limiters = Arc::new(crate::ratelimit::Limits::default());
+    let compiled = Policy::compile_with(&cfg, &usage, &limiters).map_err(|p| p.to_string())?;
     let tokens = compiled.tokens.len();
     let policy = policy::handle(compiled);
     let tls: TlsHandle = Arc::new(ArcSwap::new(reload::tls_for(&cfg)?));
@@ -160,6 +161,7 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
         policy: policy.clone(),
         tls: tls.clone(),
         usage: usage.clone(),
+        limiters,
         listen: (cfg.gateway.server.listen, cfg.gateway.admin_listen),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -506,14 +506,23 @@ fn validate_gateway(
             }
         }
         if rl.auth_failures.max == 0 || rl.auth_failures.window.0.is_zero() {
-            rate_at("rate_limits.auth_failures", "max and window must be greater than 0".into());
+            rate_at(
+                "rate_limits.auth_failures",
+                "max and window must be greater than 0".into(),
+            );
         }
         if rl.token_concurrency == 0 || rl.max_in_flight == 0 {
-            rate_at("rate_limits", "token_concurrency and max_in_flight must be greater than 0".into());
+            rate_at(
+                "rate_limits",
+                "token_concurrency and max_in_flight must be greater than 0".into(),
+            );
         }
         let b = &rl.blast_radius;
         if b.window.0.is_zero() || b.deletes == 0 || b.deactivations == 0 || b.group_wipes == 0 {
-            rate_at("rate_limits.blast_radius", "window and caps must be greater than 0".into());
+            rate_at(
+                "rate_limits.blast_radius",
+                "window and caps must be greater than 0".into(),
+            );
         }
     }
     if gw.server.max_body_bytes == 0 {

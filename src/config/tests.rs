@@ -901,3 +901,76 @@ fn valid_ids() {
         assert!(!valid_id(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn rotated_out_secrets_are_checked_like_current_ones() {
+    let prev = |sha: &str| {
+        format!("    previous: {{ sha256: \"{sha}\", expires_at: 2030-01-01T00:00:00Z }}\n")
+    };
+    // A previous secret equal to another token's current one.
+    let tokens = format!(
+        "tokens:\n  - id: t1\n    tenant: acme\n    sha256: {H1}\n    scopes: [users:read]\n  - id: t2\n    tenant: acme\n    sha256: {H2}\n    scopes: [users:read]\n{}",
+        prev(&H1.to_ascii_uppercase())
+    );
+    let f = Files::new(GATEWAY, &tokens);
+    assert_eq!(
+        f.problems(),
+        vec![p(
+            &f.tokens(),
+            Some(10),
+            "tokens[1].previous.sha256",
+            "duplicate hash: two entries share one secret"
+        )]
+    );
+    // A previous secret equal to its own current one.
+    let tokens = format!(
+        "tokens:\n  - id: t1\n    tenant: acme\n    sha256: {H1}\n    scopes: [users:read]\n{}",
+        prev(H1)
+    );
+    let f = Files::new(GATEWAY, &tokens);
+    assert_eq!(
+        f.problems(),
+        vec![p(
+            &f.tokens(),
+            Some(6),
+            "tokens[0].previous.sha256",
+            "duplicate hash: two entries share one secret"
+        )]
+    );
+    // A malformed previous hash.
+    let tokens = format!(
+        "tokens:\n  - id: t1\n    tenant: acme\n    sha256: {H1}\n    scopes: [users:read]\n{}",
+        prev("nothex")
+    );
+    let f = Files::new(GATEWAY, &tokens);
+    assert_eq!(
+        f.problems(),
+        vec![p(
+            &f.tokens(),
+            Some(6),
+            "tokens[0].previous.sha256",
+            "must be 64 hexadecimal characters (the SHA-256 of the token)"
+        )]
+    );
+    // A current secret equal to an earlier token's previous one.
+    let tokens = format!(
+        "tokens:\n  - id: t1\n    tenant: acme\n    sha256: {H1}\n    scopes: [users:read]\n{}  - id: t2\n    tenant: acme\n    sha256: {H2}\n    scopes: [users:read]\n",
+        prev(H2)
+    );
+    let f = Files::new(GATEWAY, &tokens);
+    assert_eq!(
+        f.problems(),
+        vec![p(
+            &f.tokens(),
+            Some(9),
+            "tokens[1].sha256",
+            "duplicate hash: two entries share one secret"
+        )]
+    );
+    // Distinct hashes load.
+    let tokens = format!(
+        "tokens:\n  - id: t1\n    tenant: acme\n    sha256: {H1}\n    scopes: [users:read]\n{}",
+        prev(H3)
+    );
+    assert!(Files::new(GATEWAY, &tokens).load().is_ok());
+}

@@ -1,6 +1,7 @@
 //! The compiled policy: an immutable snapshot of tenants, upstreams and tokens that every
 //! request reads once, and the decisions made over it. Reloads swap a whole new snapshot in.
 
+pub mod blast;
 pub mod bulk;
 pub mod domain;
 pub mod patch;
@@ -9,8 +10,9 @@ pub mod route;
 pub mod scope;
 pub mod user;
 
-use crate::config::{Config, Mode, Problems};
+use crate::config::{Config, Mode, Problems, RateLimitsSection};
 use crate::proxy::upstream::Upstream;
+use crate::ratelimit::RateSlot;
 use crate::token::usage::UsageStore;
 use crate::token::{TokenEntry, TokenIndex};
 use arc_swap::ArcSwap;
@@ -28,6 +30,8 @@ pub struct Tenant {
     pub mode: Mode,
     pub allow_users_without_email: bool,
     pub upstream: Arc<Upstream>,
+    /// The tenant-wide aggregate rate, if any.
+    pub rate: Option<RateSlot>,
 }
 
 /// Limits that apply to every request.
@@ -46,19 +50,28 @@ pub struct Policy {
     pub tenants: Vec<Arc<Tenant>>,
     pub tokens: TokenIndex,
     pub limits: Limits,
+    /// Rate-limit settings and the limiter state shared across reloads.
+    pub rate_limits: RateLimitsSection,
+    pub limiters: Arc<crate::ratelimit::Limits>,
 }
 
 impl Policy {
     /// Compiles a validated configuration. Upstream clients are built here, so a bad upstream CA
     /// file is refused like any other problem.
     pub fn compile(cfg: &Config) -> Result<Policy, Problems> {
-        Self::compile_with(cfg, &UsageStore::in_memory())
+        Self::compile_with(cfg, &UsageStore::in_memory(), &Arc::default())
     }
 
     /// Compiles with token last-use counters from `usage`, so idle expiry carries across
     /// reloads and restarts.
-    pub fn compile_with(cfg: &Config, usage: &UsageStore) -> Result<Policy, Problems> {
+    pub fn compile_with(
+        cfg: &Config,
+        usage: &UsageStore,
+        limiters: &Arc<crate::ratelimit::Limits>,
+    ) -> Result<Policy, Problems> {
         let now = crate::proxy::unix_now();
+        let rl = &cfg.gateway.rate_limits;
+        limiters.configure(rl);
         let mut shared_default: Option<Arc<Upstream>> = None;
         let mut tenants = Vec::with_capacity(cfg.gateway.tenants.len());
         for (i, t) in cfg.gateway.tenants.iter().enumerate() {
@@ -86,6 +99,11 @@ impl Policy {
                 mode: t.mode.unwrap_or(cfg.gateway.mode),
                 allow_users_without_email: t.allow_users_without_email,
                 upstream,
+                rate: limiters.slot(
+                    "tenant",
+                    &format!("tenant:{}", t.id),
+                    t.rate_limit.or(rl.tenant),
+                ),
             }));
         }
         let tokens = TokenIndex::new(cfg.tokens.tokens.iter().filter_map(|rec| {
@@ -93,6 +111,11 @@ impl Policy {
             let mut entry = TokenEntry::from_record(rec, &tenant.domains, now)?;
             let initial = entry.last_used.load(std::sync::atomic::Ordering::Relaxed);
             entry.last_used = usage.counter(&rec.id, initial);
+            entry.rate = limiters.slot(
+                "token",
+                &format!("token:{}", rec.id),
+                rec.rate_limit.or(rl.token),
+            );
             Some(entry)
         }));
         Ok(Policy {
@@ -104,6 +127,8 @@ impl Policy {
                 body_read_timeout: cfg.gateway.server.body_read_timeout.0,
                 request_timeout: cfg.gateway.server.request_timeout.0,
             },
+            rate_limits: rl.clone(),
+            limiters: limiters.clone(),
         })
     }
 

@@ -358,6 +358,38 @@ fn classify_every_endpoint_and_method() {
 }
 
 #[test]
+fn allowed_methods_match_classify() {
+    let cases: &[(&str, &str)] = &[
+        ("/Users", "GET, POST"),
+        ("/groups", "GET, POST"),
+        ("/Users/1", "GET, PUT, PATCH, DELETE"),
+        ("/Groups/g", "GET, PUT, PATCH, DELETE"),
+        ("/Users/.search", "POST"),
+        ("/Bulk", "POST"),
+        ("/ServiceProviderConfig", "GET"),
+        ("/Schemas", "GET"),
+        ("/ResourceTypes/User", "GET"),
+        ("", "GET"),
+        ("/.search", "POST"),
+    ];
+    for (rest, want) in cases {
+        assert_eq!(route::allowed_methods(rest), *want, "{rest:?}");
+        // Every listed method is one classify accepts, every other one it refuses with 405.
+        for m in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ] {
+            let listed = want.split(", ").any(|w| w == m.as_str());
+            let refused = classify(&m, rest) == Err(RouteError::MethodNotAllowed);
+            assert_eq!(listed, !refused, "{m} {rest:?}");
+        }
+    }
+}
+
+#[test]
 fn write_upstream_path_uses_canonical_spelling() {
     let cases: &[(Method, &str, &str)] = &[
         (Method::GET, "/users", "/Users"),
@@ -1431,7 +1463,7 @@ fn patch_removals_cannot_leave_a_user_without_address() {
 }
 
 #[test]
-fn patch_userName_removal_is_judged_on_the_result() {
+fn patch_user_name_removal_is_judged_on_the_result() {
     // userName is the only address.
     let u = json!({"userName": "alice@acme.com"});
     assert_eq!(
@@ -1801,6 +1833,12 @@ fn scim_query_from_query_parses_strictly() {
     let refused = [
         "filter=a&filter=b",
         "filter=a&FILTER=b",
+        "filter=a&%66ilter=b",
+        "excludedAttributes=x&%65xcludedAttributes=emails",
+        "attributes=id&attribute%73=emails",
+        "filter%20=a",
+        "filter=a&",
+        "=a",
         "count=1&Count=2",
         "attributes=id&attributes=emails",
         "foo=1",
@@ -2278,4 +2316,11 @@ fn parse_bulk_refuses_searches() {
             parse_bulk(&body, 100).map(|ops| ops.iter().map(|b| b.op.kind).collect::<Vec<_>>());
         assert!(got.is_err(), "path {path:?} gave {got:?}");
     }
+}
+
+#[test]
+fn bulk_and_page_limits() {
+    assert_eq!(bulk::MAX_OPERATIONS, 100);
+    assert_eq!(query::DEFAULT_PAGE, 100);
+    assert_eq!(query::MAX_PAGE, 1000);
 }

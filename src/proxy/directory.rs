@@ -65,7 +65,10 @@ impl Origin {
             }),
             conn: req.extensions().get::<ClientConn>().cloned(),
             request_id: req.headers().get(&super::request_id::X_REQUEST_ID).cloned(),
-            record: req.extensions().get::<super::access_log::RecordHandle>().cloned(),
+            record: req
+                .extensions()
+                .get::<super::access_log::RecordHandle>()
+                .cloned(),
         }
     }
 

@@ -97,6 +97,8 @@ struct Ctx<S> {
     report_only: bool,
     record: Option<RecordHandle>,
     max_body: usize,
+    limiters: Arc<crate::ratelimit::Limits>,
+    blast_cfg: crate::config::BlastRadiusSection,
 }
 
 impl<S> Ctx<S>
@@ -291,6 +293,35 @@ where
         Ok(())
     }
 
+    /// Charges the token's blast-radius caps for destructive operations (429 beyond).
+    fn charge_blast<'v>(
+        &self,
+        ops: impl IntoIterator<Item = (&'v Operation, Option<&'v Value>)>,
+    ) -> Result<(), GatewayError> {
+        for (op, body) in ops {
+            let Some(kind) = crate::policy::blast::classify(op, body) else {
+                continue;
+            };
+            let Some(slot) = self.limiters.blast(kind, &self.token.id, &self.blast_cfg) else {
+                continue;
+            };
+            if let crate::ratelimit::Decision::Deny { retry_after } = slot.check(1) {
+                tracing::warn!(
+                    token_id = &*self.token.id,
+                    reason = kind.reason(),
+                    "blast-radius cap reached"
+                );
+                return Err(GatewayError::RateLimited {
+                    reason: kind.reason(),
+                    detail: "this token reached its cap on destructive operations for now",
+                    retry_after: retry_after.as_secs().max(1),
+                    headers: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn invalidate(&self, op: &Operation) {
         if let (Endpoint::Resource(ResourceType::User), Some(id)) = (op.endpoint, op.id.as_deref())
         {
@@ -451,6 +482,8 @@ where
         inner,
         dir,
         max_body: snapshot.limits.max_body_bytes,
+        limiters: snapshot.limiters.clone(),
+        blast_cfg: snapshot.rate_limits.blast_radius,
     };
 
     // Bodies are read strictly for every token: what the gateway reads is what the backend reads.
@@ -493,6 +526,16 @@ where
         for b in &ops {
             authorize(ctx.token.scopes, &b.op).map_err(GatewayError::MissingScope)?;
         }
+        // A Bulk request costs one unit per operation; the first was charged on the way in.
+        let extra = (ops.len() as u32).saturating_sub(1);
+        if extra > 0 {
+            if let Some(slot) = &ctx.token.rate {
+                crate::proxy::rate_limit::charge(slot, extra)?;
+            }
+            if let Some(slot) = &ctx.origin.tenant.rate {
+                crate::proxy::rate_limit::charge(slot, extra)?;
+            }
+        }
         if !ctx.policy().unrestricted() {
             let mut created = HashSet::new();
             for b in &ops {
@@ -503,13 +546,17 @@ where
                 }
             }
         }
+        ctx.charge_blast(ops.iter().map(|b| (&b.op, b.data)))?;
         let touched: Vec<Operation> = ops.iter().map(|b| b.op.clone()).collect();
         let resp = ctx.forward(req).await?;
         touched.iter().for_each(|o| ctx.invalidate(o));
         return Ok(resp);
     }
     if ctx.policy().unrestricted() || op.resource_type().is_none() {
-        return ctx.forward(req).await;
+        ctx.charge_blast([(&op, body.as_ref())])?;
+        let resp = ctx.forward(req).await?;
+        ctx.invalidate(&op);
+        return Ok(resp);
     }
 
     // The query is parsed strictly and re-encoded: the parameters the gateway read are the
@@ -535,6 +582,7 @@ where
     match (op.endpoint, op.kind) {
         (_, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Delete) => {
             ctx.check_write(&op, body.as_ref(), &empty).await?;
+            ctx.charge_blast([(&op, body.as_ref())])?;
             let resp = ctx.forward(req).await?;
             ctx.invalidate(&op);
             if users && matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch) {

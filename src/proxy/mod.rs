@@ -8,9 +8,11 @@
 //! snapshot_policy   the live policy is read once, so a reload never splits a request
 //! limit_request_time the whole request is bounded in time (504 beyond)
 //! normalize_path    the path is normalised once; that path is checked and forwarded
+//! throttle_auth     an address that keeps failing authentication gets 429 before any lookup
 //! authenticate      bearer token → token entry (401 otherwise)
 //! route_tenant      path prefix → tenant and SCIM operation; the token must be the tenant's
 //! authorize_scope   the operation needs a scope the token holds (403 otherwise)
+//! rate_limit        token and tenant rates (429), concurrency bounds (503)
 //! read_body         body buffered within limits; media type and encoding checked
 //! enforce_domains   bodies, stored users, lists and members kept inside the token's domains
 //! rewrite_locations backend URLs in headers and bodies become the gateway's
@@ -25,12 +27,14 @@ pub mod enforce_domains;
 pub mod forward;
 pub mod limit_request_time;
 pub mod normalize_path;
+pub mod rate_limit;
 pub mod read_body;
 pub mod request_id;
 pub mod rewrite_locations;
 pub mod route_tenant;
 pub mod scim_errors;
 pub mod snapshot_policy;
+pub mod throttle_auth;
 pub mod upstream;
 
 use crate::policy::route::Operation;
@@ -107,9 +111,11 @@ where
         .layer(snapshot_policy::layer(policy))
         .layer(limit_request_time::layer())
         .layer(normalize_path::layer())
+        .layer(throttle_auth::layer())
         .layer(authenticate::layer())
         .layer(route_tenant::layer())
         .layer(authorize_scope::layer())
+        .layer(rate_limit::layer())
         .layer(read_body::layer())
         .layer(enforce_domains::layer())
         .layer(rewrite_locations::layer())

@@ -27,11 +27,18 @@ fn write_config(dir: &Path, backend: std::net::SocketAddr) -> PathBuf {
 }
 
 fn set_token(config: &Path, id: &str, edit: impl FnOnce(&mut crate::config::TokenRecord)) {
-    crate::token::update_tokens_file(&config.with_file_name("tokens.yaml"), |f: &mut TokensFile| {
-        let rec = f.tokens.iter_mut().find(|t| t.id == id).ok_or("no such token")?;
-        edit(rec);
-        Ok(())
-    })
+    crate::token::update_tokens_file(
+        &config.with_file_name("tokens.yaml"),
+        |f: &mut TokensFile| {
+            let rec = f
+                .tokens
+                .iter_mut()
+                .find(|t| t.id == id)
+                .ok_or("no such token")?;
+            edit(rec);
+            Ok(())
+        },
+    )
     .unwrap();
 }
 
@@ -67,13 +74,17 @@ struct Resp {
 
 impl Resp {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
     fn header(&self, name: header::HeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     fn detail(&self) -> String {
-        self.json()["detail"].as_str().unwrap_or_default().to_owned()
+        self.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -103,7 +114,9 @@ async fn gateway_with(edit: impl FnOnce(String) -> String) -> Gw {
     set_token(&config, "revoked", |r| r.status = TokenStatus::Revoked);
     set_token(&config, "suspended", |r| r.status = TokenStatus::Suspended);
     set_token(&config, "expired", |r| {
-        r.expires_at = Some(Timestamp(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)))
+        r.expires_at = Some(Timestamp(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000),
+        ))
     });
     let handle = crate::policy::handle(test_util::load_policy(&config));
     Gw {
@@ -115,7 +128,12 @@ async fn gateway_with(edit: impl FnOnce(String) -> String) -> Gw {
     }
 }
 
-fn request(method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> http::request::Builder {
+fn request(
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> http::request::Builder {
     let mut b = http::Request::builder()
         .method(method)
         .uri(uri)
@@ -134,9 +152,16 @@ fn request(method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> 
 impl Gw {
     async fn call(&self, req: http::Request<Full<Bytes>>) -> Resp {
         let svc = stack::<Full<Bytes>>(self.handle.clone());
-        let resp = svc.oneshot(req).await.unwrap_or_else(|e: Infallible| match e {});
+        let resp = svc
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e: Infallible| match e {});
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap_or_else(|e: Infallible| match e {}).to_bytes();
+        let body = body
+            .collect()
+            .await
+            .unwrap_or_else(|e: Infallible| match e {})
+            .to_bytes();
         Resp {
             status: parts.status,
             headers: parts.headers,
@@ -152,7 +177,8 @@ impl Gw {
     }
 
     async fn send_json(&self, method: &str, uri: &str, token: &str, body: &Value) -> Resp {
-        self.send(method, uri, Some(token), Some(&body.to_string())).await
+        self.send(method, uri, Some(token), Some(&body.to_string()))
+            .await
     }
 
     /// Stores a resource in the backend directly, bypassing the gateway.
@@ -169,7 +195,10 @@ impl Gw {
     }
 
     fn user(&self, id: &str) -> Option<Value> {
-        self.backend.all("Users").into_iter().find(|u| u["id"] == id)
+        self.backend
+            .all("Users")
+            .into_iter()
+            .find(|u| u["id"] == id)
     }
 }
 
@@ -203,21 +232,77 @@ async fn every_authentication_failure_is_one_identical_401() {
     let variants: Vec<(&str, Vec<String>, String)> = vec![
         ("no header", vec![], format!("{BASE}/Users")),
         ("empty", vec![String::new()], format!("{BASE}/Users")),
-        ("scheme only", vec!["Bearer".into()], format!("{BASE}/Users")),
-        ("scheme and space", vec!["Bearer ".into()], format!("{BASE}/Users")),
+        (
+            "scheme only",
+            vec!["Bearer".into()],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "scheme and space",
+            vec!["Bearer ".into()],
+            format!("{BASE}/Users"),
+        ),
         ("junk", vec!["Bearer junk".into()], format!("{BASE}/Users")),
-        ("basic", vec!["Basic YWxpY2U6c2VjcmV0".into()], format!("{BASE}/Users")),
-        ("other scheme", vec![format!("Token {}", t.full)], format!("{BASE}/Users")),
-        ("unknown", vec![format!("Bearer {unknown}")], format!("{BASE}/Users")),
-        ("unknown bare", vec![unknown.clone()], format!("{BASE}/Users")),
-        ("truncated", vec![format!("Bearer {}", &t.full[..57])], format!("{BASE}/Users")),
-        ("extended", vec![format!("Bearer {}x", t.full)], format!("{BASE}/Users")),
-        ("two tokens", vec![format!("Bearer {} {}", t.full, t.full)], format!("{BASE}/Users")),
-        ("two headers", vec![format!("Bearer {}", t.full), format!("Bearer {}", t.full)], format!("{BASE}/Users")),
-        ("revoked", vec![format!("Bearer {}", t.revoked)], format!("{BASE}/Users")),
-        ("suspended", vec![format!("Bearer {}", t.suspended)], format!("{BASE}/Users")),
-        ("expired", vec![format!("Bearer {}", t.expired)], format!("{BASE}/Users")),
-        ("query token", vec![], format!("{BASE}/Users?access_token={}", t.full)),
+        (
+            "basic",
+            vec!["Basic YWxpY2U6c2VjcmV0".into()],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "other scheme",
+            vec![format!("Token {}", t.full)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "unknown",
+            vec![format!("Bearer {unknown}")],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "unknown bare",
+            vec![unknown.clone()],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "truncated",
+            vec![format!("Bearer {}", &t.full[..57])],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "extended",
+            vec![format!("Bearer {}x", t.full)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "two tokens",
+            vec![format!("Bearer {} {}", t.full, t.full)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "two headers",
+            vec![format!("Bearer {}", t.full), format!("Bearer {}", t.full)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "revoked",
+            vec![format!("Bearer {}", t.revoked)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "suspended",
+            vec![format!("Bearer {}", t.suspended)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "expired",
+            vec![format!("Bearer {}", t.expired)],
+            format!("{BASE}/Users"),
+        ),
+        (
+            "query token",
+            vec![],
+            format!("{BASE}/Users?access_token={}", t.full),
+        ),
         ("unknown path", vec![], "/nowhere/Users".into()),
     ];
     let mut first: Option<bytes::Bytes> = None;
@@ -230,11 +315,21 @@ async fn every_authentication_failure_is_one_identical_401() {
         for a in auths {
             b = b.header(header::AUTHORIZATION, a.as_str());
         }
-        let r = gw.call(b.body(Full::new(Bytes::from(body.clone()))).unwrap()).await;
+        let r = gw
+            .call(b.body(Full::new(Bytes::from(body.clone()))).unwrap())
+            .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}: {:?}", r.body);
         assert_eq!(r.header(header::WWW_AUTHENTICATE), Some(WWW_AUTH), "{name}");
-        assert_eq!(r.header(header::CONTENT_TYPE), Some("application/scim+json"), "{name}");
-        assert_eq!(r.detail(), "The bearer token is missing, invalid, expired or revoked.", "{name}");
+        assert_eq!(
+            r.header(header::CONTENT_TYPE),
+            Some("application/scim+json"),
+            "{name}"
+        );
+        assert_eq!(
+            r.detail(),
+            "The bearer token is missing, invalid, expired or revoked.",
+            "{name}"
+        );
         match &first {
             None => first = Some(r.body.clone()),
             Some(f) => assert_eq!(&r.body, f, "{name}: the 401 body differs"),
@@ -243,7 +338,11 @@ async fn every_authentication_failure_is_one_identical_401() {
     assert_eq!(gw.backend.count("Users"), 0);
 
     // The scheme is case-insensitive, and a bare token (Okta's header mode) is accepted.
-    for auth in [format!("bearer {}", t.full), format!("BEARER {}", t.full), t.full.clone()] {
+    for auth in [
+        format!("bearer {}", t.full),
+        format!("BEARER {}", t.full),
+        t.full.clone(),
+    ] {
         let req = http::Request::builder()
             .uri(format!("{BASE}/Users"))
             .header(header::HOST, HOST)
@@ -260,7 +359,10 @@ async fn a_token_only_works_for_its_tenant() {
     let body = user_body("alice@acme.com", &[]);
     for (uri, token) in [
         (format!("{BASE}/Users"), &gw.t.globex),
-        ("/globex/scim/v2/../../acme/scim/v2/Users".to_owned(), &gw.t.globex),
+        (
+            "/globex/scim/v2/../../../acme/scim/v2/Users".to_owned(),
+            &gw.t.globex,
+        ),
         ("/globex/scim/v2/Users".to_owned(), &gw.t.full),
     ] {
         let r = gw.send_json("POST", &uri, token, &body).await;
@@ -275,13 +377,55 @@ async fn operations_need_their_scope() {
     let gw = gateway().await;
     let user = user_body("alice@acme.com", &[]);
     let cases: Vec<(&str, String, &str, Option<Value>, &str)> = vec![
-        ("POST", format!("{BASE}/Users"), &gw.t.read_only, Some(user.clone()), "users:write"),
-        ("DELETE", format!("{BASE}/Users/1"), &gw.t.read_only, None, "users:write"),
-        ("PATCH", format!("{BASE}/Users/1"), &gw.t.read_only, Some(json!({"Operations": []})), "users:write"),
-        ("GET", format!("{BASE}/Groups"), &gw.t.read_only, None, "groups:read"),
-        ("POST", format!("{BASE}/Groups"), &gw.t.read_only, Some(json!({"displayName": "g"})), "groups:write"),
-        ("POST", format!("{BASE}/Bulk"), &gw.t.no_bulk, Some(json!({"Operations": []})), "bulk"),
-        ("POST", format!("{BASE}/Bulk"), &gw.t.read_only, Some(json!({"Operations": []})), "bulk"),
+        (
+            "POST",
+            format!("{BASE}/Users"),
+            &gw.t.read_only,
+            Some(user.clone()),
+            "users:write",
+        ),
+        (
+            "DELETE",
+            format!("{BASE}/Users/1"),
+            &gw.t.read_only,
+            None,
+            "users:write",
+        ),
+        (
+            "PATCH",
+            format!("{BASE}/Users/1"),
+            &gw.t.read_only,
+            Some(json!({"Operations": []})),
+            "users:write",
+        ),
+        (
+            "GET",
+            format!("{BASE}/Groups"),
+            &gw.t.read_only,
+            None,
+            "groups:read",
+        ),
+        (
+            "POST",
+            format!("{BASE}/Groups"),
+            &gw.t.read_only,
+            Some(json!({"displayName": "g"})),
+            "groups:write",
+        ),
+        (
+            "POST",
+            format!("{BASE}/Bulk"),
+            &gw.t.no_bulk,
+            Some(json!({"Operations": []})),
+            "bulk",
+        ),
+        (
+            "POST",
+            format!("{BASE}/Bulk"),
+            &gw.t.read_only,
+            Some(json!({"Operations": []})),
+            "bulk",
+        ),
     ];
     for (m, uri, token, body, scope) in &cases {
         let r = match body {
@@ -289,7 +433,11 @@ async fn operations_need_their_scope() {
             None => gw.send(m, uri, Some(token), None).await,
         };
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {uri}");
-        assert_eq!(r.detail(), format!("the token lacks the {scope} scope"), "{m} {uri}");
+        assert_eq!(
+            r.detail(),
+            format!("the token lacks the {scope} scope"),
+            "{m} {uri}"
+        );
     }
     assert_eq!(gw.backend.count("Users"), 0);
 
@@ -299,7 +447,13 @@ async fn operations_need_their_scope() {
     let token = {
         // bulk + users scopes only.
         let cfg = gw2._dir.path().join("gateway.yaml");
-        let t = test_util::add_token(&cfg, "bulk-users", "acme", &[Scope::Bulk, Scope::UsersWrite], None);
+        let t = test_util::add_token(
+            &cfg,
+            "bulk-users",
+            "acme",
+            &[Scope::Bulk, Scope::UsersWrite],
+            None,
+        );
         let gw2_handle = crate::policy::handle(test_util::load_policy(&cfg));
         (t, gw2_handle)
     };
@@ -307,13 +461,22 @@ async fn operations_need_their_scope() {
         handle: token.1,
         ..gw2
     };
-    let r = gw2.send_json("POST", &format!("{BASE}/Bulk"), &token.0, &bulk).await;
+    let r = gw2
+        .send_json("POST", &format!("{BASE}/Bulk"), &token.0, &bulk)
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.detail(), "the token lacks the groups:write scope");
     assert_eq!(gw2.backend.count("Groups"), 0);
 
     // Discovery needs only a valid token.
-    let r = gw.send("GET", &format!("{BASE}/ServiceProviderConfig"), Some(&gw.t.read_only), None).await;
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/ServiceProviderConfig"),
+            Some(&gw.t.read_only),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -327,18 +490,54 @@ async fn unroutable_requests_get_404_405_501_or_400() {
         ("GET", "/acme/scim/v2x/Users".into(), StatusCode::NOT_FOUND),
         ("GET", "/acme/scim/Users".into(), StatusCode::NOT_FOUND),
         ("GET", format!("{BASE}/Users/a/b"), StatusCode::NOT_FOUND),
-        ("GET", format!("{BASE}/ServiceProviderConfig/x"), StatusCode::NOT_FOUND),
-        ("DELETE", format!("{BASE}/Users"), StatusCode::METHOD_NOT_ALLOWED),
-        ("PUT", format!("{BASE}/Groups"), StatusCode::METHOD_NOT_ALLOWED),
-        ("GET", format!("{BASE}/Bulk"), StatusCode::METHOD_NOT_ALLOWED),
-        ("GET", format!("{BASE}/Users/.search"), StatusCode::METHOD_NOT_ALLOWED),
-        ("POST", format!("{BASE}/Users/abc"), StatusCode::METHOD_NOT_ALLOWED),
+        (
+            "GET",
+            format!("{BASE}/ServiceProviderConfig/x"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "DELETE",
+            format!("{BASE}/Users"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PUT",
+            format!("{BASE}/Groups"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET",
+            format!("{BASE}/Bulk"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET",
+            format!("{BASE}/Users/.search"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            format!("{BASE}/Users/abc"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
         ("GET", format!("{BASE}/Me"), StatusCode::NOT_IMPLEMENTED),
         ("GET", BASE.into(), StatusCode::NOT_IMPLEMENTED),
         ("GET", format!("{BASE}/"), StatusCode::NOT_IMPLEMENTED),
-        ("POST", format!("{BASE}/.search"), StatusCode::NOT_IMPLEMENTED),
-        ("GET", format!("{BASE}/Users%2Fabc"), StatusCode::BAD_REQUEST),
-        ("GET", format!("{BASE}/Users%5Cabc"), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            format!("{BASE}/.search"),
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (
+            "GET",
+            format!("{BASE}/Users%2Fabc"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            format!("{BASE}/Users%5Cabc"),
+            StatusCode::BAD_REQUEST,
+        ),
         ("GET", format!("{BASE}/Users;x=1"), StatusCode::BAD_REQUEST),
         ("GET", format!("{BASE}/Users/%00"), StatusCode::BAD_REQUEST),
         ("GET", format!("{BASE}/Users/%zz"), StatusCode::BAD_REQUEST),
@@ -347,10 +546,32 @@ async fn unroutable_requests_get_404_405_501_or_400() {
         let r = gw.send(m, uri, tok, None).await;
         assert_eq!(r.status, *want, "{m} {uri}: {:?}", r.body);
         assert_eq!(r.json()["status"], want.as_str(), "{m} {uri}");
-        assert_eq!(r.header(header::CONTENT_TYPE), Some("application/scim+json"), "{m} {uri}");
+        assert_eq!(
+            r.header(header::CONTENT_TYPE),
+            Some("application/scim+json"),
+            "{m} {uri}"
+        );
     }
-    let r = gw.send("GET", &format!("{BASE}/Users%2Fabc"), tok, None).await;
+    let r = gw
+        .send("GET", &format!("{BASE}/Users%2Fabc"), tok, None)
+        .await;
     assert_eq!(r.json()["scimType"], "invalidPath");
+    // A 405 names the methods the endpoint takes.
+    for (m, uri, allow) in [
+        ("DELETE", format!("{BASE}/Users"), "GET, POST"),
+        (
+            "POST",
+            format!("{BASE}/Users/abc"),
+            "GET, PUT, PATCH, DELETE",
+        ),
+        ("GET", format!("{BASE}/Bulk"), "POST"),
+        ("GET", format!("{BASE}/Users/.search"), "POST"),
+        ("PUT", format!("{BASE}/Schemas"), "GET"),
+    ] {
+        let r = gw.send(m, &uri, tok, None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m} {uri}");
+        assert_eq!(r.header(header::ALLOW), Some(allow), "{m} {uri}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,7 +615,9 @@ async fn bodies_over_max_body_bytes_are_413() {
     assert_eq!(gw.call(req).await.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(gw.backend.count("Users"), 0);
     // Exactly the limit is accepted.
-    let r = gw.send("POST", &uri, Some(&gw.t.full), Some(&padded_user(65_536))).await;
+    let r = gw
+        .send("POST", &uri, Some(&gw.t.full), Some(&padded_user(65_536)))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(gw.backend.count("Users"), 1);
 }
@@ -409,9 +632,18 @@ async fn other_media_types_and_encodings_are_415() {
         vec![(header::CONTENT_TYPE, "application/x-www-form-urlencoded")],
         vec![(header::CONTENT_TYPE, "application/scim+json+xml")],
         vec![],
-        vec![(header::CONTENT_TYPE, "application/scim+json"), (header::CONTENT_ENCODING, "gzip")],
-        vec![(header::CONTENT_TYPE, "application/scim+json"), (header::CONTENT_ENCODING, "identity, gzip")],
-        vec![(header::CONTENT_TYPE, "application/scim+json"), (header::CONTENT_TYPE, "application/json")],
+        vec![
+            (header::CONTENT_TYPE, "application/scim+json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ],
+        vec![
+            (header::CONTENT_TYPE, "application/scim+json"),
+            (header::CONTENT_ENCODING, "identity, gzip"),
+        ],
+        vec![
+            (header::CONTENT_TYPE, "application/scim+json"),
+            (header::CONTENT_TYPE, "application/json"),
+        ],
     ];
     for headers in &variants {
         let mut b = http::Request::builder()
@@ -422,7 +654,9 @@ async fn other_media_types_and_encodings_are_415() {
         for (k, v) in headers {
             b = b.header(k, *v);
         }
-        let r = gw.call(b.body(Full::new(Bytes::from(body.clone()))).unwrap()).await;
+        let r = gw
+            .call(b.body(Full::new(Bytes::from(body.clone()))).unwrap())
+            .await;
         assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{headers:?}");
     }
     assert_eq!(gw.backend.count("Users"), 0);
@@ -430,7 +664,9 @@ async fn other_media_types_and_encodings_are_415() {
         let req = request("POST", &uri, Some(&gw.t.full), None)
             .header(header::CONTENT_TYPE, ct)
             .header(header::CONTENT_ENCODING, "identity")
-            .body(Full::new(Bytes::from(user_body(&format!("{}@acme.com", ct.len()), &[]).to_string())))
+            .body(Full::new(Bytes::from(
+                user_body(&format!("{}@acme.com", ct.len()), &[]).to_string(),
+            )))
             .unwrap();
         assert_eq!(gw.call(req).await.status, StatusCode::CREATED, "{ct}");
     }
@@ -450,17 +686,27 @@ async fn bodies_are_read_strictly() {
         r#"{"userName":"alice@acme.com","em\u0101ils":[]}"#,
         r#"{"userName":"alice@acme.com"} {"userName":"x@evil.com"}"#,
         r#"{"userName":"alice@acme.com""#,
-        r#"[{"userName":"alice@acme.com"}]"#,
         "",
     ];
     for b in bad {
         let r = gw.send("POST", &uri, Some(&gw.t.full), Some(b)).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{b}: {:?}", r.body);
     }
+    // Valid JSON that is not a user object cannot be judged, so it is refused.
+    for b in [
+        r#"[{"userName":"alice@acme.com"}]"#,
+        r#""alice@acme.com""#,
+        "null",
+    ] {
+        let r = gw.send("POST", &uri, Some(&gw.t.full), Some(b)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{b}: {:?}", r.body);
+    }
     // Bodies where none belong.
     let r = gw.send("GET", &uri, Some(&gw.t.full), Some("{}")).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = gw.send("DELETE", &format!("{uri}/1"), Some(&gw.t.full), Some("{}")).await;
+    let r = gw
+        .send("DELETE", &format!("{uri}/1"), Some(&gw.t.full), Some("{}"))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(gw.backend.count("Users"), 0);
 }
@@ -473,7 +719,9 @@ async fn bodies_are_read_strictly() {
 async fn creating_an_in_scope_user_reaches_the_backend_with_its_credential() {
     let gw = gateway().await;
     let body = user_body("alice@acme.com", &["alice@acme.com", "a@eu.acme.io"]);
-    let r = gw.send_json("POST", &format!("{BASE}/Users"), &gw.t.full, &body).await;
+    let r = gw
+        .send_json("POST", &format!("{BASE}/Users"), &gw.t.full, &body)
+        .await;
     // The backend answers 401 to anything but its own credential: 201 proves the gateway
     // replaced the client's token with it.
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
@@ -488,9 +736,14 @@ async fn creating_an_in_scope_user_reaches_the_backend_with_its_credential() {
     assert_eq!(r.header(header::LOCATION), Some(want.as_str()));
     assert_eq!(created["meta"]["location"], want.as_str());
     let text = String::from_utf8_lossy(&r.body);
-    assert!(!text.contains(&gw.addr.to_string()), "backend address leaked: {text}");
+    assert!(
+        !text.contains(&gw.addr.to_string()),
+        "backend address leaked: {text}"
+    );
     assert!(!text.contains("/acme/v2"), "backend path leaked: {text}");
-    assert!(r.header(header::LOCATION).is_some_and(|l| !l.contains(&gw.addr.to_string())));
+    assert!(r
+        .header(header::LOCATION)
+        .is_some_and(|l| !l.contains(&gw.addr.to_string())));
 }
 
 #[tokio::test]
@@ -508,7 +761,9 @@ async fn locations_use_the_host_the_client_addressed() {
             .header(header::HOST, host)
             .header(header::AUTHORIZATION, format!("Bearer {}", gw.t.full))
             .header(header::CONTENT_TYPE, "application/scim+json")
-            .body(Full::new(Bytes::from(user_body(&format!("u{}@acme.com", host.len()), &[]).to_string())))
+            .body(Full::new(Bytes::from(
+                user_body(&format!("u{}@acme.com", host.len()), &[]).to_string(),
+            )))
             .unwrap();
         let r = gw.call(req).await;
         assert_eq!(r.status, StatusCode::CREATED, "{host}");
@@ -521,7 +776,8 @@ async fn locations_use_the_host_the_client_addressed() {
         let mut get = request("GET", &format!("{BASE}/Users/{id}"), Some(&gw.t.full), None)
             .body(Full::new(Bytes::new()))
             .unwrap();
-        get.headers_mut().insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        get.headers_mut()
+            .insert(header::HOST, HeaderValue::from_str(host).unwrap());
         let g = gw.call(get).await;
         assert_eq!(g.status, StatusCode::OK);
         assert_eq!(g.json()["meta"]["location"], want.as_str(), "{host}");
@@ -531,32 +787,65 @@ async fn locations_use_the_host_the_client_addressed() {
 #[tokio::test]
 async fn creating_an_out_of_scope_user_is_refused_and_nothing_is_stored() {
     let gw = gateway().await;
-    let cases: Vec<(&str, Value, &str)> = vec![
-        (&gw.t.full, json!({"userName": "x@evil.com"}), "domain_out_of_scope"),
-        (&gw.t.full, user_body("alice@acme.com", &["x@evil.com"]), "domain_out_of_scope"),
-        (&gw.t.full, user_body("alice", &["alice@acme.com", "x@evil.com"]), "domain_out_of_scope"),
-        (&gw.t.full, user_body("x@evil.com", &["alice@acme.com"]), "domain_out_of_scope"),
-        (&gw.t.full, json!({"userName": "alice@acme.com", (format!("{URN}:emails")): [{"value": "x@evil.com"}]}), ""),
-        (&gw.t.full, json!({"userName": "alice@acme.com", URN: {"emails": [{"value": "x@evil.com"}]}}), ""),
-        (&gw.t.full, json!({"userName": "alice@acme.com", "EMAILS": [{"VALUE": "x@evil.com"}]}), ""),
-        (&gw.t.full, json!({"userName": "alice@acme.com", "emails": {"value": "x@evil.com"}}), ""),
-        (&gw.t.full, json!({"userName": "alice@acme.com", "emails": ["x@evil.com"]}), ""),
-        (&gw.t.full, json!({"userName": "alice"}), "user_without_email"),
-        (&gw.t.full, json!({"userName": "alice", "emails": []}), "user_without_email"),
-        (&gw.t.full, json!({"userName": "alice@acme.com", "emails": "x@evil.com"}), "user_unreadable"),
-        (&gw.t.full, json!({"userName": "alice@acme.com", "emails": [{"value": 1}]}), "user_unreadable"),
-        (&gw.t.full, json!({"userName": "alice@acme.io"}), ""),
-        (&gw.t.full, json!({"userName": "alice@acme.com@evil.com"}), ""),
-        (&gw.t.full, json!({"userName": "alice@acme.com "}), ""),
-        (&gw.t.full, json!({"userName": "x@evil.com,alice@acme.com"}), ""),
-        (&gw.t.full, json!({"userName": "Eve <x@evil.com>"}), ""),
-        (&gw.t.acme_only, json!({"userName": "alice@eu.acme.io"}), ""),
-        (&gw.t.acme_only, user_body("alice@acme.com", &["a@eu.acme.io"]), ""),
+    let cases: Vec<(&str, Value)> = vec![
+        (&gw.t.full, json!({"userName": "x@evil.com"})),
+        (&gw.t.full, user_body("alice@acme.com", &["x@evil.com"])),
+        (
+            &gw.t.full,
+            user_body("alice", &["alice@acme.com", "x@evil.com"]),
+        ),
+        (&gw.t.full, user_body("x@evil.com", &["alice@acme.com"])),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", (format!("{URN}:emails")): [{"value": "x@evil.com"}]}),
+        ),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", URN: {"emails": [{"value": "x@evil.com"}]}}),
+        ),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", "EMAILS": [{"VALUE": "x@evil.com"}]}),
+        ),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", "emails": {"value": "x@evil.com"}}),
+        ),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", "emails": ["x@evil.com"]}),
+        ),
+        (&gw.t.full, json!({"userName": "alice"})),
+        (&gw.t.full, json!({"userName": "alice", "emails": []})),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", "emails": "x@evil.com"}),
+        ),
+        (
+            &gw.t.full,
+            json!({"userName": "alice@acme.com", "emails": [{"value": 1}]}),
+        ),
+        (&gw.t.full, json!({"userName": "alice@acme.io"})),
+        (&gw.t.full, json!({"userName": "alice@acme.com@evil.com"})),
+        (&gw.t.full, json!({"userName": "alice@acme.com "})),
+        (&gw.t.full, json!({"userName": "x@evil.com,alice@acme.com"})),
+        (&gw.t.full, json!({"userName": "Eve <x@evil.com>"})),
+        (&gw.t.acme_only, json!({"userName": "alice@eu.acme.io"})),
+        (
+            &gw.t.acme_only,
+            user_body("alice@acme.com", &["a@eu.acme.io"]),
+        ),
     ];
-    for (token, body, _) in &cases {
-        let r = gw.send_json("POST", &format!("{BASE}/Users"), token, body).await;
+    for (token, body) in &cases {
+        let r = gw
+            .send_json("POST", &format!("{BASE}/Users"), token, body)
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}: {:?}", r.body);
-        assert_eq!(r.detail(), "the user is not within the token's domains", "{body}");
+        assert_eq!(
+            r.detail(),
+            "the user is not within the token's domains",
+            "{body}"
+        );
         assert_eq!(gw.backend.count("Users"), 0, "{body}");
     }
     // Path spellings reach the same check.
@@ -579,17 +868,40 @@ async fn creating_an_out_of_scope_user_is_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn report_only_mode_lets_refusals_through() {
     let gw = gateway_with(|yaml| format!("mode: report_only\n{yaml}")).await;
-    let r = gw.send_json("POST", &format!("{BASE}/Users"), &gw.t.full, &json!({"userName": "x@evil.com"})).await;
+    let r = gw
+        .send_json(
+            "POST",
+            &format!("{BASE}/Users"),
+            &gw.t.full,
+            &json!({"userName": "x@evil.com"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(gw.backend.count("Users"), 1);
     let id = r.json()["id"].as_str().unwrap().to_owned();
-    let r = gw.send("GET", &format!("{BASE}/Users/{id}"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send("GET", &format!("{BASE}/Users/{id}"), Some(&gw.t.full), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["userName"], "x@evil.com");
     // Tenant, scope and authentication are still enforced.
-    let r = gw.send_json("POST", &format!("{BASE}/Users"), &gw.t.read_only, &json!({"userName": "a@acme.com"})).await;
+    let r = gw
+        .send_json(
+            "POST",
+            &format!("{BASE}/Users"),
+            &gw.t.read_only,
+            &json!({"userName": "a@acme.com"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = gw.send_json("POST", &format!("{BASE}/Users"), &gw.t.globex, &json!({"userName": "a@acme.com"})).await;
+    let r = gw
+        .send_json(
+            "POST",
+            &format!("{BASE}/Users"),
+            &gw.t.globex,
+            &json!({"userName": "a@acme.com"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = gw.send("GET", &format!("{BASE}/Users"), None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -597,10 +909,20 @@ async fn report_only_mode_lets_refusals_through() {
 
     // A tenant-level mode overrides the gateway's.
     let gw = gateway_with(|yaml| {
-        yaml.replace("    domains: [acme.com, \"*.acme.io\"]\n", "    domains: [acme.com, \"*.acme.io\"]\n    mode: report_only\n")
+        yaml.replace(
+            "    domains: [acme.com, \"*.acme.io\"]\n",
+            "    domains: [acme.com, \"*.acme.io\"]\n    mode: report_only\n",
+        )
     })
     .await;
-    let r = gw.send_json("POST", &format!("{BASE}/Users"), &gw.t.full, &json!({"userName": "x@evil.com"})).await;
+    let r = gw
+        .send_json(
+            "POST",
+            &format!("{BASE}/Users"),
+            &gw.t.full,
+            &json!({"userName": "x@evil.com"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
@@ -611,7 +933,9 @@ async fn report_only_mode_does_not_filter_lists() {
     gw.insert("Users", user_body("alice@acme.com", &[]));
     gw.insert("Users", user_body("bob@evil.com", &[]));
     gw.insert("Users", user_body("carol@eu.acme.io", &[]));
-    let r = gw.send("GET", &format!("{BASE}/Users"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send("GET", &format!("{BASE}/Users"), Some(&gw.t.full), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["totalResults"], 3);
 }
@@ -626,13 +950,33 @@ async fn an_out_of_scope_user_reads_exactly_like_a_missing_one() {
     let gw = gateway().await;
     let hidden = gw.insert("Users", user_body("bob@evil.com", &["bob@evil.com"]));
     let missing = "00000000000000ff";
-    let a = gw.send("GET", &format!("{BASE}/Users/{hidden}"), Some(&gw.t.full), None).await;
-    let b = gw.send("GET", &format!("{BASE}/Users/{missing}"), Some(&gw.t.full), None).await;
+    let a = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{hidden}"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
+    let b = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{missing}"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(b.status, StatusCode::NOT_FOUND);
     assert_eq!(a.body, b.body, "{:?} vs {:?}", a.body, b.body);
-    assert_eq!(a.header(header::CONTENT_TYPE), b.header(header::CONTENT_TYPE));
-    assert_eq!(a.header(header::CACHE_CONTROL), b.header(header::CACHE_CONTROL));
+    assert_eq!(
+        a.header(header::CONTENT_TYPE),
+        b.header(header::CONTENT_TYPE)
+    );
+    assert_eq!(
+        a.header(header::CACHE_CONTROL),
+        b.header(header::CACHE_CONTROL)
+    );
 }
 
 #[tokio::test]
@@ -641,10 +985,19 @@ async fn out_of_scope_users_cannot_be_read() {
     let visible = gw.insert("Users", user_body("alice@acme.com", &["alice@acme.com"]));
     let hidden = [
         gw.insert("Users", user_body("bob@evil.com", &["bob@evil.com"])),
-        gw.insert("Users", user_body("carol@acme.com", &["carol@acme.com", "carol@evil.com"])),
+        gw.insert(
+            "Users",
+            user_body("carol@acme.com", &["carol@acme.com", "carol@evil.com"]),
+        ),
         gw.insert("Users", user_body("dave", &[])),
-        gw.insert("Users", json!({"userName": "erin@acme.com", URN: {"emails": [{"value": "erin@evil.com"}]}})),
-        gw.insert("Users", json!({"userName": "frank@acme.com", "emails": "frank@acme.com"})),
+        gw.insert(
+            "Users",
+            json!({"userName": "erin@acme.com", URN: {"emails": [{"value": "erin@evil.com"}]}}),
+        ),
+        gw.insert(
+            "Users",
+            json!({"userName": "frank@acme.com", "emails": "frank@acme.com"}),
+        ),
     ];
     for id in &hidden {
         for uri in [
@@ -658,33 +1011,94 @@ async fn out_of_scope_users_cannot_be_read() {
             let r = gw.send("GET", &uri, Some(&gw.t.full), None).await;
             assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}: {:?}", r.body);
             let text = String::from_utf8_lossy(&r.body);
-            assert!(!text.contains("evil.com") && !text.contains(id.as_str()), "{uri}: {text}");
+            assert!(
+                !text.contains("evil.com") && !text.contains(id.as_str()),
+                "{uri}: {text}"
+            );
         }
     }
     // A narrower token sees less.
     let narrow = gw.insert("Users", user_body("gina@eu.acme.io", &[]));
-    assert_eq!(gw.send("GET", &format!("{BASE}/Users/{narrow}"), Some(&gw.t.full), None).await.status, StatusCode::OK);
     assert_eq!(
-        gw.send("GET", &format!("{BASE}/Users/{narrow}"), Some(&gw.t.acme_only), None).await.status,
+        gw.send(
+            "GET",
+            &format!("{BASE}/Users/{narrow}"),
+            Some(&gw.t.full),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gw.send(
+            "GET",
+            &format!("{BASE}/Users/{narrow}"),
+            Some(&gw.t.acme_only),
+            None
+        )
+        .await
+        .status,
         StatusCode::NOT_FOUND
     );
 
     // In-scope: shown, with the attributes the client asked for.
-    let r = gw.send("GET", &format!("{BASE}/Users/{visible}"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{visible}"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["userName"], "alice@acme.com");
-    let r = gw.send("GET", &format!("{BASE}/Users/{visible}?attributes=id"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{visible}?attributes=id"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let u = r.json();
     assert_eq!(u["id"], visible.as_str());
-    assert!(u.get("emails").is_none() && u.get("userName").is_none(), "{u}");
-    let r = gw.send("GET", &format!("{BASE}/Users/{visible}?excludedAttributes=emails"), Some(&gw.t.full), None).await;
+    assert!(
+        u.get("emails").is_none() && u.get("userName").is_none(),
+        "{u}"
+    );
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{visible}?excludedAttributes=emails"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     let u = r.json();
-    assert!(u.get("emails").is_none() && u["userName"] == "alice@acme.com", "{u}");
+    assert!(
+        u.get("emails").is_none() && u["userName"] == "alice@acme.com",
+        "{u}"
+    );
     // List parameters make no sense on a retrieval.
-    let r = gw.send("GET", &format!("{BASE}/Users/{visible}?filter=userName%20pr"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{visible}?filter=userName%20pr"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = gw.send("GET", &format!("{BASE}/Users/{visible}?foo=1"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{visible}?foo=1"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -692,8 +1106,11 @@ async fn out_of_scope_users_cannot_be_read() {
 async fn lists_show_and_count_only_in_scope_users() {
     let gw = gateway().await;
     let alice = gw.insert("Users", user_body("alice@acme.com", &["alice@acme.com"]));
-    let _bob = gw.insert("Users", user_body("bob@evil.com", &["bob@evil.com"]));
-    let _carol = gw.insert("Users", user_body("carol@acme.com", &["carol@acme.com", "carol@evil.com"]));
+    let bob = gw.insert("Users", user_body("bob@evil.com", &["bob@evil.com"]));
+    let _carol = gw.insert(
+        "Users",
+        user_body("carol@acme.com", &["carol@acme.com", "carol@evil.com"]),
+    );
     let dave = gw.insert("Users", user_body("dave@eu.acme.io", &[]));
     let _eve = gw.insert("Users", user_body("eve", &[]));
     let list = |query: &str| format!("{BASE}/Users{query}");
@@ -704,9 +1121,19 @@ async fn lists_show_and_count_only_in_scope_users() {
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
     assert_eq!(ids(&v), both);
-    assert_eq!((v["totalResults"].as_u64(), v["itemsPerPage"].as_u64(), v["startIndex"].as_u64()), (Some(2), Some(2), Some(1)));
+    assert_eq!(
+        (
+            v["totalResults"].as_u64(),
+            v["itemsPerPage"].as_u64(),
+            v["startIndex"].as_u64()
+        ),
+        (Some(2), Some(2), Some(1))
+    );
     let text = String::from_utf8_lossy(&r.body);
-    assert!(!text.contains("evil.com") && !text.contains("\"eve\""), "{text}");
+    assert!(
+        !text.contains("evil.com") && !text.contains("\"eve\""),
+        "{text}"
+    );
 
     let filtered: &[(&str, usize)] = &[
         ("?filter=userName%20eq%20%22bob%40evil.com%22", 0),
@@ -716,40 +1143,103 @@ async fn lists_show_and_count_only_in_scope_users() {
         ("?FILTER=USERNAME%20EQ%20%22ALICE%40ACME.COM%22", 1),
     ];
     for (q, n) in filtered {
-        let v = gw.send("GET", &list(q), Some(&gw.t.full), None).await.json();
+        let v = gw
+            .send("GET", &list(q), Some(&gw.t.full), None)
+            .await
+            .json();
         assert_eq!(v["totalResults"], *n, "{q}: {v}");
-        assert_eq!(v["Resources"].as_array().map(Vec::len), Some(*n), "{q}: {v}");
+        assert_eq!(
+            v["Resources"].as_array().map(Vec::len),
+            Some(*n),
+            "{q}: {v}"
+        );
     }
 
     // Paging is over the visible users only.
-    let v = gw.send("GET", &list("?startIndex=2&count=1"), Some(&gw.t.full), None).await.json();
-    assert_eq!((v["totalResults"].as_u64(), v["itemsPerPage"].as_u64(), v["startIndex"].as_u64()), (Some(2), Some(1), Some(2)));
+    let v = gw
+        .send(
+            "GET",
+            &list("?startIndex=2&count=1"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        (
+            v["totalResults"].as_u64(),
+            v["itemsPerPage"].as_u64(),
+            v["startIndex"].as_u64()
+        ),
+        (Some(2), Some(1), Some(2))
+    );
     assert_eq!(ids(&v).len(), 1);
-    let v = gw.send("GET", &list("?count=0"), Some(&gw.t.full), None).await.json();
-    assert_eq!((v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()), (Some(2), Some(0)));
-    let v = gw.send("GET", &list("?startIndex=3"), Some(&gw.t.full), None).await.json();
-    assert_eq!((v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()), (Some(2), Some(0)));
+    let v = gw
+        .send("GET", &list("?count=0"), Some(&gw.t.full), None)
+        .await
+        .json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let v = gw
+        .send("GET", &list("?startIndex=3"), Some(&gw.t.full), None)
+        .await
+        .json();
+    assert_eq!(
+        (v["totalResults"].as_u64(), v["itemsPerPage"].as_u64()),
+        (Some(2), Some(0))
+    );
 
     // attributes=id: still filtered, and the address attributes fetched for judging are removed.
-    let v = gw.send("GET", &list("?attributes=id"), Some(&gw.t.full), None).await.json();
+    let v = gw
+        .send("GET", &list("?attributes=id"), Some(&gw.t.full), None)
+        .await
+        .json();
     assert_eq!(ids(&v), both);
     assert_eq!(v["totalResults"], 2);
     for r in v["Resources"].as_array().unwrap() {
-        assert!(r.get("emails").is_none() && r.get("userName").is_none(), "{r}");
+        assert!(
+            r.get("emails").is_none() && r.get("userName").is_none(),
+            "{r}"
+        );
     }
-    let v = gw.send("GET", &list("?excludedAttributes=emails,userName"), Some(&gw.t.full), None).await.json();
+    let v = gw
+        .send(
+            "GET",
+            &list("?excludedAttributes=emails,userName"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await
+        .json();
     assert_eq!(ids(&v), both);
     for r in v["Resources"].as_array().unwrap() {
-        assert!(r.get("emails").is_none() && r.get("userName").is_none(), "{r}");
+        assert!(
+            r.get("emails").is_none() && r.get("userName").is_none(),
+            "{r}"
+        );
     }
 
     // Searches too.
     let search = format!("{BASE}/Users/.search");
     for (body, want) in [
-        (json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}), both.clone()),
-        (json!({"filter": "userName eq \"bob@evil.com\""}), BTreeSet::new()),
-        (json!({"filter": format!("id eq \"{_bob}\"")}), BTreeSet::new()),
-        (json!({"filter": "userName eq \"alice@acme.com\"", "attributes": ["id"]}), only_alice.clone()),
+        (
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}),
+            both.clone(),
+        ),
+        (
+            json!({"filter": "userName eq \"bob@evil.com\""}),
+            BTreeSet::new(),
+        ),
+        (
+            json!({"filter": format!("id eq \"{bob}\"")}),
+            BTreeSet::new(),
+        ),
+        (
+            json!({"filter": "userName eq \"alice@acme.com\"", "attributes": ["id"]}),
+            only_alice.clone(),
+        ),
     ] {
         let r = gw.send_json("POST", &search, &gw.t.full, &body).await;
         assert_eq!(r.status, StatusCode::OK, "{body}");
@@ -759,12 +1249,21 @@ async fn lists_show_and_count_only_in_scope_users() {
     }
 
     // A narrower token sees fewer.
-    let v = gw.send("GET", &list(""), Some(&gw.t.acme_only), None).await.json();
+    let v = gw
+        .send("GET", &list(""), Some(&gw.t.acme_only), None)
+        .await
+        .json();
     assert_eq!(ids(&v), only_alice);
     assert_eq!(v["totalResults"], 1);
 
     // Query parameters are read strictly.
-    for q in ["?foo=1", "?filter=a&filter=b", "?count=-1", "?attributes=id&excludedAttributes=emails", "?filter=%FF"] {
+    for q in [
+        "?foo=1",
+        "?filter=a&filter=b",
+        "?count=-1",
+        "?attributes=id&excludedAttributes=emails",
+        "?filter=%FF",
+    ] {
         let r = gw.send("GET", &list(q), Some(&gw.t.full), None).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
     }
@@ -777,7 +1276,10 @@ async fn a_patch_that_would_move_a_user_out_is_refused() {
         "Users",
         json!({"userName": "alice@acme.com", "displayName": "Alice", "emails": [{"value": "alice@acme.com", "type": "work", "primary": true}]}),
     );
-    let solo = gw.insert("Users", json!({"userName": "sam", "emails": [{"value": "sam@acme.com", "type": "work"}]}));
+    let solo = gw.insert(
+        "Users",
+        json!({"userName": "sam", "emails": [{"value": "sam@acme.com", "type": "work"}]}),
+    );
     let before = gw.backend.all("Users");
     let uri = format!("{BASE}/Users/{id}");
     let ops = |ops: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
@@ -786,12 +1288,18 @@ async fn a_patch_that_would_move_a_user_out_is_refused() {
         ops(json!([{"op": "add", "path": "emails", "value": [{"value": "x@evil.com"}]}])),
         ops(json!([{"op": "Replace", "path": "userName", "value": "x@evil.com"}])),
         ops(json!([{"op": "replace", "path": format!("{URN}:userName"), "value": "x@evil.com"}])),
-        ops(json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "x@evil.com"}])),
-        ops(json!([{"op": "replace", "path": "emails[value co \"a\"].value", "value": "x@evil.com"}])),
+        ops(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "x@evil.com"}]),
+        ),
+        ops(
+            json!([{"op": "replace", "path": "emails[value co \"a\"].value", "value": "x@evil.com"}]),
+        ),
         ops(json!([{"op": "replace", "value": {"emails[type eq \"work\"].value": "x@evil.com"}}])),
         ops(json!([{"op": "replace", "value": {"userName": "x@evil.com"}}])),
         ops(json!([{"op": "replace", "value": {URN: {"emails": [{"value": "x@evil.com"}]}}}])),
-        ops(json!([{"op": "ADD", "value": {"displayName": "A", (format!("{URN}:emails")): [{"value": "x@evil.com"}]}}])),
+        ops(
+            json!([{"op": "ADD", "value": {"displayName": "A", (format!("{URN}:emails")): [{"value": "x@evil.com"}]}}]),
+        ),
         ops(json!([{"op": "replace", "path": "emails", "value": [{"value": 5}]}])),
         ops(json!([
             {"op": "replace", "path": "userName", "value": "x@evil.com"},
@@ -813,20 +1321,29 @@ async fn a_patch_that_would_move_a_user_out_is_refused() {
     ] {
         let r = gw.send_json("PATCH", &solo_uri, &gw.t.full, &body).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{body}: {:?}", r.body);
-        assert_eq!(r.detail(), "the change would take the user outside the token's domains");
+        assert_eq!(
+            r.detail(),
+            "the change would take the user outside the token's domains"
+        );
         assert_eq!(gw.backend.all("Users"), before, "{body}");
     }
     // A narrower token may not write addresses its token excludes.
     let r = gw
-        .send_json("PATCH", &uri, &gw.t.acme_only, &ops(json!([{"op": "add", "path": "emails", "value": [{"value": "a@eu.acme.io"}]}])))
+        .send_json(
+            "PATCH",
+            &uri,
+            &gw.t.acme_only,
+            &ops(json!([{"op": "add", "path": "emails", "value": [{"value": "a@eu.acme.io"}]}])),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // PATCH bodies the gateway cannot interpret are 400.
     for body in [
         ops(json!([{"op": "move", "path": "emails", "value": []}])),
         ops(json!([{"op": "remove"}])),
-        ops(json!([{"op": "replace", "path": "emails[type eq \"work\"", "value": {"value": "a@acme.com"}}])),
-        ops(json!([{"op": "replace", "path": "abc\u{e9}", "value": "x@evil.com"}])),
+        ops(
+            json!([{"op": "replace", "path": "emails[type eq \"work\"", "value": {"value": "a@acme.com"}}]),
+        ),
         ops(json!([])),
         json!({"op": "replace"}),
     ] {
@@ -834,9 +1351,24 @@ async fn a_patch_that_would_move_a_user_out_is_refused() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
         assert_eq!(gw.backend.all("Users"), before, "{body}");
     }
+    // A non-ASCII path names no address attribute; it must not upset the gateway.
+    let r = gw
+        .send_json(
+            "PATCH",
+            &uri,
+            &gw.t.full,
+            &ops(json!([{"op": "replace", "path": "abc\u{e9}", "value": "x"}])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     // Harmless changes go through.
     let r = gw
-        .send_json("PATCH", &uri, &gw.t.full, &ops(json!([{"op": "replace", "path": "displayName", "value": "Alice B"}])))
+        .send_json(
+            "PATCH",
+            &uri,
+            &gw.t.full,
+            &ops(json!([{"op": "replace", "path": "displayName", "value": "Alice B"}])),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(gw.user(&id).unwrap()["displayName"], "Alice B");
@@ -850,13 +1382,23 @@ async fn out_of_scope_users_cannot_be_changed_or_deleted() {
     let before = gw.backend.all("Users");
     let adopt = user_body("bob@acme.com", &["bob@acme.com"]);
     let patch = json!({"Operations": [{"op": "replace", "value": {"userName": "bob@acme.com", "emails": [{"value": "bob@acme.com"}]}}]});
-    let missing = gw.send("DELETE", &format!("{BASE}/Users/00000000000000ff"), Some(&gw.t.full), None).await;
+    let missing = gw
+        .send(
+            "DELETE",
+            &format!("{BASE}/Users/00000000000000ff"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     for id in [&hidden, &mixed] {
         let uri = format!("{BASE}/Users/{id}");
         let d = gw.send("DELETE", &uri, Some(&gw.t.full), None).await;
         assert_eq!(d.status, StatusCode::NOT_FOUND, "DELETE {id}");
-        assert_eq!(d.body, missing.body, "DELETE {id} differs from a missing user");
+        assert_eq!(
+            d.body, missing.body,
+            "DELETE {id} differs from a missing user"
+        );
         let r = gw.send_json("PUT", &uri, &gw.t.full, &adopt).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "PUT {id}");
         assert_eq!(r.body, missing.body, "PUT {id}");
@@ -869,12 +1411,32 @@ async fn out_of_scope_users_cannot_be_changed_or_deleted() {
     // In scope: PUT may not move the user out, and DELETE works.
     let alice = gw.insert("Users", user_body("alice@acme.com", &["alice@acme.com"]));
     let uri = format!("{BASE}/Users/{alice}");
-    let r = gw.send_json("PUT", &uri, &gw.t.full, &user_body("alice@acme.com", &["x@evil.com"])).await;
+    let r = gw
+        .send_json(
+            "PUT",
+            &uri,
+            &gw.t.full,
+            &user_body("alice@acme.com", &["x@evil.com"]),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(gw.user(&alice).unwrap()["emails"][0]["value"], "alice@acme.com");
-    let r = gw.send_json("PUT", &uri, &gw.t.full, &user_body("alice@acme.com", &["a2@acme.com"])).await;
+    assert_eq!(
+        gw.user(&alice).unwrap()["emails"][0]["value"],
+        "alice@acme.com"
+    );
+    let r = gw
+        .send_json(
+            "PUT",
+            &uri,
+            &gw.t.full,
+            &user_body("alice@acme.com", &["a2@acme.com"]),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(gw.user(&alice).unwrap()["emails"][0]["value"], "a2@acme.com");
+    assert_eq!(
+        gw.user(&alice).unwrap()["emails"][0]["value"],
+        "a2@acme.com"
+    );
     let r = gw.send("DELETE", &uri, Some(&gw.t.full), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(gw.user(&alice).is_none());
@@ -894,40 +1456,101 @@ async fn bulk_with_one_bad_operation_changes_nothing() {
     let uri = format!("{BASE}/Bulk");
     let good = json!({"method": "POST", "path": "/Users", "bulkId": "a", "data": user_body("new@acme.com", &[])});
     let cases: Vec<(Value, StatusCode)> = vec![
-        (json!({"method": "POST", "path": "/Users", "bulkId": "b", "data": {"userName": "x@evil.com"}}), StatusCode::FORBIDDEN),
-        (json!({"method": "POST", "path": "/users/../Users", "bulkId": "b", "data": {"userName": "x@evil.com"}}), StatusCode::FORBIDDEN),
+        (
+            json!({"method": "POST", "path": "/Users", "bulkId": "b", "data": {"userName": "x@evil.com"}}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"method": "POST", "path": "/users/../Users", "bulkId": "b", "data": {"userName": "x@evil.com"}}),
+            StatusCode::FORBIDDEN,
+        ),
         (
             json!({"method": "PATCH", "path": format!("/Users/{alice}"), "data": {"Operations": [{"op": "replace", "path": "userName", "value": "x@evil.com"}]}}),
             StatusCode::FORBIDDEN,
         ),
         (
-            json!({"method": "PATCH", "path": "/Users/bulkId:a", "data": {"Operations": [{"op": "add", "path": "emails", "value": [{"value": "x@evil.com"}]}]}}),
+            json!({"method": "PUT", "path": format!("/Users/{alice}"), "data": {"userName": "x@evil.com"}}),
             StatusCode::FORBIDDEN,
         ),
-        (json!({"method": "PUT", "path": format!("/Users/{alice}"), "data": {"userName": "x@evil.com"}}), StatusCode::FORBIDDEN),
-        (json!({"method": "PUT", "path": format!("/Users/{hidden}"), "data": user_body("bob@acme.com", &[])}), StatusCode::NOT_FOUND),
-        (json!({"method": "DELETE", "path": format!("/Users/{hidden}")}), StatusCode::NOT_FOUND),
-        (json!({"method": "DELETE", "path": format!("/Users/bulkId:later")}), StatusCode::NOT_FOUND),
-        (json!({"method": "POST", "path": "/Groups", "bulkId": "g", "data": {"displayName": "g", "members": [{"value": hidden}]}}), StatusCode::FORBIDDEN),
-        (json!({"method": "GET", "path": format!("/Users/{hidden}")}), StatusCode::BAD_REQUEST),
-        (json!({"method": "POST", "path": "/Users"}), StatusCode::BAD_REQUEST),
-        (json!({"method": "DELETE", "path": format!("/Users/{hidden}?x=1")}), StatusCode::BAD_REQUEST),
-        (json!({"method": "POST", "path": "/Bulk", "bulkId": "n", "data": {}}), StatusCode::BAD_REQUEST),
+        (
+            json!({"method": "PUT", "path": format!("/Users/{hidden}"), "data": user_body("bob@acme.com", &[])}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({"method": "DELETE", "path": format!("/Users/{hidden}")}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({"method": "DELETE", "path": format!("/Users/bulkId:later")}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({"method": "POST", "path": "/Groups", "bulkId": "g", "data": {"displayName": "g", "members": [{"value": hidden}]}}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"method": "GET", "path": format!("/Users/{hidden}")}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"method": "POST", "path": "/Users"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"method": "DELETE", "path": format!("/Users/{hidden}?x=1")}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"method": "POST", "path": "/Bulk", "bulkId": "n", "data": {}}),
+            StatusCode::BAD_REQUEST,
+        ),
     ];
+    let bulk = |ops: Vec<Value>| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops});
     for (bad, want) in &cases {
-        for ops in [vec![good.clone(), bad.clone()], vec![bad.clone(), good.clone()]] {
-            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops});
-            let r = gw.send_json("POST", &uri, &gw.t.full, &body).await;
+        for ops in [
+            vec![good.clone(), bad.clone()],
+            vec![bad.clone(), good.clone()],
+        ] {
+            let r = gw.send_json("POST", &uri, &gw.t.full, &bulk(ops)).await;
             assert_eq!(r.status, *want, "{bad}: {:?}", r.body);
             assert_eq!(gw.backend.all("Users"), before, "{bad}");
             assert_eq!(gw.backend.count("Groups"), 0, "{bad}");
         }
     }
+    // A bulkId reference is judged as the resource it creates; before its POST it names nothing.
+    let patch_new = json!({"method": "PATCH", "path": "/Users/bulkId:a", "data": {"Operations": [{"op": "add", "path": "emails", "value": [{"value": "x@evil.com"}]}]}});
+    let r = gw
+        .send_json(
+            "POST",
+            &uri,
+            &gw.t.full,
+            &bulk(vec![good.clone(), patch_new.clone()]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let r = gw
+        .send_json(
+            "POST",
+            &uri,
+            &gw.t.full,
+            &bulk(vec![patch_new, good.clone()]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    assert_eq!(gw.backend.all("Users"), before);
     // Too many operations, and query parameters, are refused up front.
     let many = json!({"Operations": vec![good.clone(); crate::policy::bulk::MAX_OPERATIONS + 1]});
-    assert_eq!(gw.send_json("POST", &uri, &gw.t.full, &many).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        gw.send_json("POST", &uri, &gw.t.full, &many).await.status,
+        StatusCode::BAD_REQUEST
+    );
     let one = json!({"Operations": [good]});
-    assert_eq!(gw.send_json("POST", &format!("{uri}?x=1"), &gw.t.full, &one).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        gw.send_json("POST", &format!("{uri}?x=1"), &gw.t.full, &one)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(gw.backend.all("Users"), before);
 }
 
@@ -939,13 +1562,32 @@ async fn groups_only_take_and_show_in_scope_members() {
     let uri = format!("{BASE}/Groups");
 
     let r = gw
-        .send_json("POST", &uri, &gw.t.full, &json!({"displayName": "g", "members": [{"value": alice}, {"value": bob}]}))
+        .send_json(
+            "POST",
+            &uri,
+            &gw.t.full,
+            &json!({"displayName": "g", "members": [{"value": alice}, {"value": bob}]}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = gw.send_json("POST", &uri, &gw.t.full, &json!({"displayName": "g", "members": [{"value": "no-such-user"}]})).await;
+    let r = gw
+        .send_json(
+            "POST",
+            &uri,
+            &gw.t.full,
+            &json!({"displayName": "g", "members": [{"value": "no-such-user"}]}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(gw.backend.count("Groups"), 0);
-    let r = gw.send_json("POST", &uri, &gw.t.full, &json!({"displayName": "g", "members": [{"value": alice}]})).await;
+    let r = gw
+        .send_json(
+            "POST",
+            &uri,
+            &gw.t.full,
+            &json!({"displayName": "g", "members": [{"value": alice}]}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let g = r.json()["id"].as_str().unwrap().to_owned();
 
@@ -957,27 +1599,55 @@ async fn groups_only_take_and_show_in_scope_members() {
         json!([{"op": "replace", "path": "members", "value": [{"value": bob}]}]),
         json!([{"op": "remove", "path": format!("members[value eq \"{bob}\"]")}]),
     ] {
-        let r = gw.send_json("PATCH", &format!("{uri}/{g}"), &gw.t.full, &json!({"Operations": ops})).await;
+        let r = gw
+            .send_json(
+                "PATCH",
+                &format!("{uri}/{g}"),
+                &gw.t.full,
+                &json!({"Operations": ops}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{ops}: {:?}", r.body);
     }
-    assert_eq!(gw.backend.all("Groups")[0]["members"], json!([{"value": alice}]));
+    assert_eq!(
+        gw.backend.all("Groups")[0]["members"],
+        json!([{"value": alice}])
+    );
 
     // A group stored with a hidden member shows only the visible one, and may not be wiped.
     let mixed = gw.insert("Groups", json!({"displayName": "m", "members": [{"value": alice}, {"value": bob, "display": "Bob"}]}));
-    let r = gw.send("GET", &format!("{uri}/{mixed}"), Some(&gw.t.full), None).await;
+    let r = gw
+        .send("GET", &format!("{uri}/{mixed}"), Some(&gw.t.full), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["members"], json!([{"value": alice}]));
     assert!(!String::from_utf8_lossy(&r.body).contains(&bob));
     let r = gw.send("GET", &uri, Some(&gw.t.full), None).await;
-    assert!(!String::from_utf8_lossy(&r.body).contains(&bob), "{:?}", r.body);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&bob),
+        "{:?}",
+        r.body
+    );
     for (m, body) in [
         ("DELETE", None),
-        ("PUT", Some(json!({"displayName": "m", "members": [{"value": alice}]}))),
-        ("PATCH", Some(json!({"Operations": [{"op": "remove", "path": "members"}]}))),
+        (
+            "PUT",
+            Some(json!({"displayName": "m", "members": [{"value": alice}]})),
+        ),
+        (
+            "PATCH",
+            Some(json!({"Operations": [{"op": "remove", "path": "members"}]})),
+        ),
     ] {
         let r = match &body {
-            Some(b) => gw.send_json(m, &format!("{uri}/{mixed}"), &gw.t.full, b).await,
-            None => gw.send(m, &format!("{uri}/{mixed}"), Some(&gw.t.full), None).await,
+            Some(b) => {
+                gw.send_json(m, &format!("{uri}/{mixed}"), &gw.t.full, b)
+                    .await
+            }
+            None => {
+                gw.send(m, &format!("{uri}/{mixed}"), Some(&gw.t.full), None)
+                    .await
+            }
         };
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{m}: {:?}", r.body);
     }
@@ -988,9 +1658,32 @@ async fn groups_only_take_and_show_in_scope_members() {
 async fn service_provider_config_advertises_what_the_token_may_do() {
     let gw = gateway().await;
     for token in [&gw.t.full, &gw.t.read_only] {
-        let r = gw.send("GET", &format!("{BASE}/ServiceProviderConfig"), Some(token), None).await;
+        let r = gw
+            .send(
+                "GET",
+                &format!("{BASE}/ServiceProviderConfig"),
+                Some(token),
+                None,
+            )
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         // The backend does not support Bulk, so neither does the gateway.
-        assert_eq!(r.json()["bulk"], json!({"supported": false, "maxOperations": 0, "maxPayloadSize": 0}));
+        assert_eq!(
+            r.json()["bulk"],
+            json!({"supported": false, "maxOperations": 0, "maxPayloadSize": 0})
+        );
     }
+}
+
+#[tokio::test]
+#[ignore = "BUG: a Bulk request carrying POST /Users/.search is forwarded to the backend unfiltered (parse_bulk accepts it, check_write ignores it); a backend that runs it returns out-of-scope users in the Bulk response"]
+async fn bulk_cannot_carry_a_search() {
+    let gw = gateway().await;
+    gw.insert("Users", user_body("bob@evil.com", &[]));
+    let body = json!({"Operations": [{"method": "POST", "path": "/Users/.search", "bulkId": "s", "data": {"filter": "userName pr"}}]});
+    let r = gw
+        .send_json("POST", &format!("{BASE}/Bulk"), &gw.t.full, &body)
+        .await;
+    // The in-memory backend has no /Bulk, so a forwarded request comes back as its own 404.
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "forwarded: {:?}", r.body);
 }

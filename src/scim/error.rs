@@ -17,6 +17,18 @@ pub enum GatewayError {
     Auth(#[from] AuthFailure),
     #[error("too many failed authentication attempts")]
     AuthThrottled,
+    /// A rate limit or blast-radius cap refused the request.
+    #[error("{detail}")]
+    RateLimited {
+        reason: &'static str,
+        detail: &'static str,
+        retry_after: u64,
+        /// `RateLimit-Policy` and `RateLimit` header values.
+        headers: Option<(String, String)>,
+    },
+    /// A concurrency bound refused the request.
+    #[error("the gateway is at capacity; retry shortly")]
+    Overloaded { reason: &'static str },
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error("method not allowed on this endpoint")]
@@ -56,6 +68,10 @@ pub enum GatewayError {
     Internal(&'static str),
 }
 
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 /// The detail every 401 carries, whatever the cause: the client learns nothing about which
 /// tokens exist.
 const UNAUTHENTICATED: &str = "The bearer token is missing, invalid, expired or revoked.";
@@ -88,10 +104,13 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Auth(_) => StatusCode::UNAUTHORIZED,
-            AuthThrottled => StatusCode::TOO_MANY_REQUESTS,
+            AuthThrottled | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Route(RouteError::BadPath(_)) => StatusCode::BAD_REQUEST,
             Route(RouteError::NotFound) => StatusCode::NOT_FOUND,
-            Route(RouteError::MethodNotAllowed) | MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Route(RouteError::MethodNotAllowed) | MethodNotAllowed { .. } => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             Route(RouteError::NotImplemented(_)) => StatusCode::NOT_IMPLEMENTED,
             TenantMismatch | MissingScope(_) | Forbidden { .. } => StatusCode::FORBIDDEN,
             Hidden { .. } => StatusCode::NOT_FOUND,
@@ -111,6 +130,7 @@ impl GatewayError {
         match self {
             Auth(f) => f.reason(),
             AuthThrottled => "auth_throttled",
+            RateLimited { reason, .. } | Overloaded { reason } => reason,
             Route(RouteError::BadPath(_)) => "bad_path",
             Route(RouteError::NotFound) => "unknown_path",
             Route(RouteError::MethodNotAllowed) | MethodNotAllowed { .. } => "method_not_allowed",
@@ -178,6 +198,24 @@ impl GatewayError {
             }
             GatewayError::AuthThrottled => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            GatewayError::Overloaded { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::RateLimited {
+                retry_after,
+                headers: rl,
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                if let Some((policy, status)) = rl {
+                    if let (Ok(p), Ok(s)) =
+                        (HeaderValue::from_str(policy), HeaderValue::from_str(status))
+                    {
+                        headers.insert(RATELIMIT_POLICY.clone(), p);
+                        headers.insert(RATELIMIT.clone(), s);
+                    }
+                }
             }
             _ => {}
         }

@@ -65,6 +65,8 @@ pub struct TokenEntry {
     pub last_used: Arc<AtomicU64>,
     /// The rotated-out secret's digest and the end of its overlap, if any.
     previous: Option<([u8; 32], u64)>,
+    /// This token's rate limit, if any.
+    pub rate: Option<crate::ratelimit::RateSlot>,
 }
 
 impl TokenEntry {
@@ -98,6 +100,7 @@ impl TokenEntry {
             status: rec.status,
             last_used: Arc::new(AtomicU64::new(created)),
             previous,
+            rate: None,
         })
     }
 

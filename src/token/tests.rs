@@ -19,20 +19,17 @@ fn at(unix: u64) -> Timestamp {
     Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
 }
 
+/// A record as the token file would hold it (built through serde, so new optional fields of
+/// `TokenRecord` need no change here), created at t=1000.
 fn record(id: &str, secret: &str) -> TokenRecord {
-    TokenRecord {
-        id: id.into(),
-        tenant: "acme".into(),
-        sha256: hex::encode(hash(secret)),
-        scopes: vec![Scope::UsersRead],
-        domains: None,
-        expires_at: None,
-        idle_timeout: None,
-        status: TokenStatus::Active,
-        created_at: Some(at(1_000)),
-        hint: None,
-        previous: None,
-    }
+    let rec: TokenRecord = serde_yaml::from_str(&format!(
+        "id: {id}\ntenant: acme\nsha256: {}\nscopes: [users:read]\ncreated_at: 1970-01-01T00:16:40Z\n",
+        hex::encode(hash(secret))
+    ))
+    .unwrap();
+    assert_eq!(rec.created_at, Some(at(1_000)));
+    assert_eq!(rec.status, TokenStatus::Active);
+    rec
 }
 
 fn entry(rec: &TokenRecord) -> TokenEntry {

@@ -1,0 +1,421 @@
+//! Rate limits and overload protection: per-token and per-tenant GCRA limits (governor keyed
+//! limiters, one per distinct quota, keyed by token or tenant id), brute-force throttling of
+//! failed authentication per client address (IPv6 per /64), concurrency bounds per token and in
+//! total, and per-token blast-radius caps on destructive operations.
+//!
+//! The state here outlives policy reloads: a reload that keeps a token's quota keeps its budget.
+
+use crate::config::{AuthFailuresSection, BlastRadiusSection, Rate, RateLimitsSection};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use moka::sync::Cache;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A keyed GCRA limiter that reports the remaining burst capacity.
+pub type Keyed<C = DefaultClock> =
+    RateLimiter<Arc<str>, DashMapStateStore<Arc<str>>, C, StateInformationMiddleware>;
+
+/// The quota a rate stands for: `burst` cells, one replenished every `1/per_second` s.
+pub fn quota(rate: Rate) -> Option<Quota> {
+    let per = NonZeroU32::new(rate.per_second)?;
+    let burst = NonZeroU32::new(rate.burst)?;
+    Some(Quota::per_second(per).allow_burst(burst))
+}
+
+/// A quota of `cap` per `window` (used for blast-radius caps).
+pub fn windowed(cap: u32, window: Duration) -> Option<Quota> {
+    let cap = NonZeroU32::new(cap)?;
+    Quota::with_period(window / cap.get()).map(|q| q.allow_burst(cap))
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow { remaining: u32 },
+    Deny { retry_after: Duration },
+}
+
+/// Charges `cost` cells to `key`. A cost above the burst can never pass: it is denied with the
+/// time a full bucket takes to refill.
+pub fn check<C: Clock>(limiter: &Keyed<C>, key: &Arc<str>, cost: u32, rate: Rate) -> Decision {
+    let Some(n) = NonZeroU32::new(cost) else {
+        return Decision::Allow {
+            remaining: rate.burst,
+        };
+    };
+    match limiter.check_key_n(key, n) {
+        Ok(Ok(snapshot)) => Decision::Allow {
+            remaining: snapshot.remaining_burst_capacity(),
+        },
+        Ok(Err(not_until)) => Decision::Deny {
+            retry_after: not_until.wait_time_from(limiter.clock().now()),
+        },
+        Err(_) => Decision::Deny {
+            retry_after: Duration::from_secs_f64(rate.burst as f64 / rate.per_second.max(1) as f64),
+        },
+    }
+}
+
+/// One limited subject (a token or a tenant): its limiter, key and rate.
+#[derive(Clone)]
+pub struct RateSlot {
+    pub limiter: Arc<Keyed>,
+    pub key: Arc<str>,
+    pub rate: Rate,
+    /// `token` or `tenant`: the RateLimit header's policy name.
+    pub name: &'static str,
+}
+
+impl std::fmt::Debug for RateSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateSlot")
+            .field("key", &self.key)
+            .field("rate", &self.rate)
+            .finish()
+    }
+}
+
+impl RateSlot {
+    pub fn check(&self, cost: u32) -> Decision {
+        check(&self.limiter, &self.key, cost, self.rate)
+    }
+
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
+    pub fn policy_header(&self) -> String {
+        format!(
+            "\"{}\";q={};w={}",
+            self.name,
+            self.rate.burst,
+            window_secs(self.rate)
+        )
+    }
+
+    /// `RateLimit`: remaining quota and seconds until it is whole again.
+    pub fn status_header(&self, remaining: u32, reset: u64) -> String {
+        format!("\"{}\";r={};t={}", self.name, remaining, reset)
+    }
+
+    /// Seconds until `remaining` is back to the full burst.
+    pub fn reset_secs(&self, remaining: u32) -> u64 {
+        let missing = self.rate.burst.saturating_sub(remaining) as u64;
+        missing.div_ceil(self.rate.per_second.max(1) as u64)
+    }
+}
+
+fn window_secs(rate: Rate) -> u64 {
+    (rate.burst as u64)
+        .div_ceil(rate.per_second.max(1) as u64)
+        .max(1)
+}
+
+/// Kinds of destructive operations capped per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Blast {
+    Delete,
+    Deactivate,
+    GroupWipe,
+}
+
+impl Blast {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Blast::Delete => "blast_radius_deletes",
+            Blast::Deactivate => "blast_radius_deactivations",
+            Blast::GroupWipe => "blast_radius_group_wipes",
+        }
+    }
+}
+
+/// The shared limiter state, created once and kept across reloads.
+pub struct Limits {
+    limiters: Mutex<HashMap<(u64, u32), Arc<Keyed>>>,
+    auth_failures: Mutex<(AuthFailuresSection, Cache<IpAddr, Arc<AtomicU32>>)>,
+    concurrency: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    in_flight: Mutex<(u32, Arc<Semaphore>)>,
+    checks: AtomicU64,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits").finish_non_exhaustive()
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let d = RateLimitsSection::default();
+        Limits {
+            limiters: Mutex::new(HashMap::new()),
+            auth_failures: Mutex::new((d.auth_failures, failure_cache(d.auth_failures))),
+            concurrency: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new((
+                d.max_in_flight,
+                Arc::new(Semaphore::new(d.max_in_flight as usize)),
+            )),
+            checks: AtomicU64::new(0),
+        }
+    }
+}
+
+fn failure_cache(cfg: AuthFailuresSection) -> Cache<IpAddr, Arc<AtomicU32>> {
+    Cache::builder()
+        .max_capacity(1_000_000)
+        .time_to_live(cfg.window.0)
+        .build()
+}
+
+/// The key brute-force throttling counts under: the address, IPv6 by /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl Limits {
+    /// The limiter for a quota (shared by every subject with that quota).
+    fn limiter(&self, q: Quota) -> Option<Arc<Keyed>> {
+        let id = (
+            q.replenish_interval().as_nanos() as u64,
+            q.burst_size().get(),
+        );
+        let mut map = self.limiters.lock().ok()?;
+        Some(
+            map.entry(id)
+                .or_insert_with(|| {
+                    Arc::new(
+                        RateLimiter::dashmap(q).with_middleware::<StateInformationMiddleware>(),
+                    )
+                })
+                .clone(),
+        )
+    }
+
+    /// A rate slot for `key` (`token:<id>`, `tenant:<id>`).
+    pub fn slot(&self, name: &'static str, key: &str, rate: Option<Rate>) -> Option<RateSlot> {
+        let rate = rate?;
+        Some(RateSlot {
+            limiter: self.limiter(quota(rate)?)?,
+            key: key.into(),
+            rate,
+            name,
+        })
+    }
+
+    /// Applies the reloadable settings (auth-failure window, total in-flight bound).
+    pub fn configure(&self, cfg: &RateLimitsSection) {
+        if let Ok(mut af) = self.auth_failures.lock() {
+            if af.0.max != cfg.auth_failures.max || af.0.window != cfg.auth_failures.window {
+                *af = (cfg.auth_failures, failure_cache(cfg.auth_failures));
+            }
+        }
+        if let Ok(mut f) = self.in_flight.lock() {
+            if f.0 != cfg.max_in_flight {
+                *f = (
+                    cfg.max_in_flight,
+                    Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
+                );
+            }
+        }
+    }
+
+    /// Whether `ip` has used up its failed authentications.
+    pub fn auth_blocked(&self, ip: IpAddr) -> bool {
+        let Ok(af) = self.auth_failures.lock() else {
+            return false;
+        };
+        af.1.get(&client_key(ip))
+            .is_some_and(|c| c.load(Ordering::Relaxed) >= af.0.max)
+    }
+
+    /// Records a failed authentication from `ip`; true when this one crossed the limit.
+    pub fn auth_failed(&self, ip: IpAddr) -> bool {
+        let Ok(af) = self.auth_failures.lock() else {
+            return false;
+        };
+        let c =
+            af.1.get_with(client_key(ip), || Arc::new(AtomicU32::new(0)));
+        c.fetch_add(1, Ordering::Relaxed) + 1 == af.0.max
+    }
+
+    /// A slot in the total in-flight bound, or `None` when the gateway is full.
+    pub fn enter(
+        &self,
+        token_id: &Arc<str>,
+        per_token: u32,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), &'static str> {
+        let total = self
+            .in_flight
+            .lock()
+            .map(|f| f.1.clone())
+            .map_err(|_| "overloaded")?
+            .try_acquire_owned()
+            .map_err(|_| "overloaded")?;
+        let sem = {
+            let mut map = self.concurrency.lock().map_err(|_| "overloaded")?;
+            map.entry(token_id.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(per_token as usize)))
+                .clone()
+        };
+        let mine = sem.try_acquire_owned().map_err(|_| "token_concurrency")?;
+        self.maintain();
+        Ok((total, mine))
+    }
+
+    /// Expires idle limiter keys now and then, so memory stays bounded however many distinct
+    /// keys pass through.
+    fn maintain(&self) {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 65_536 != 65_535 {
+            return;
+        }
+        if let Ok(map) = self.limiters.lock() {
+            for l in map.values() {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        }
+    }
+
+    /// The blast-radius slot of `kind` for a token.
+    pub fn blast(&self, kind: Blast, token_id: &str, cfg: &BlastRadiusSection) -> Option<RateSlot> {
+        let cap = match kind {
+            Blast::Delete => cfg.deletes,
+            Blast::Deactivate => cfg.deactivations,
+            Blast::GroupWipe => cfg.group_wipes,
+        };
+        let q = windowed(cap, cfg.window.0)?;
+        let key = format!("{}:{token_id}", kind.reason());
+        Some(RateSlot {
+            limiter: self.limiter(q)?,
+            key: key.into(),
+            rate: Rate {
+                per_second: 1,
+                burst: cap,
+            },
+            name: "blast",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn limiter(rate: Rate, clock: &FakeRelativeClock) -> Keyed<FakeRelativeClock> {
+        RateLimiter::dashmap_with_clock(quota(rate).unwrap(), clock.clone())
+            .with_middleware::<StateInformationMiddleware>()
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_rate_applies() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate {
+            per_second: 10,
+            burst: 5,
+        };
+        let l = limiter(rate, &clock);
+        let k: Arc<str> = "token:a".into();
+        let allowed = (0..20)
+            .filter(|_| matches!(check(&l, &k, 1, rate), Decision::Allow { .. }))
+            .count();
+        assert_eq!(allowed, 5);
+        match check(&l, &k, 1, rate) {
+            Decision::Deny { retry_after } => {
+                assert!(retry_after <= Duration::from_millis(100) && retry_after > Duration::ZERO)
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(check(&l, &k, 1, rate), Decision::Allow { remaining: 0 });
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(check(&l, &k, 1, rate), Decision::Allow { remaining: 4 });
+    }
+
+    #[test]
+    fn keys_do_not_share_budgets() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+        let l = limiter(rate, &clock);
+        let (a, b): (Arc<str>, Arc<str>) = ("token:a".into(), "token:b".into());
+        for _ in 0..2 {
+            assert!(matches!(check(&l, &a, 1, rate), Decision::Allow { .. }));
+        }
+        assert!(matches!(check(&l, &a, 1, rate), Decision::Deny { .. }));
+        assert_eq!(check(&l, &b, 1, rate), Decision::Allow { remaining: 1 });
+    }
+
+    #[test]
+    fn a_bulk_costs_one_cell_per_operation_and_never_more_than_the_burst() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate {
+            per_second: 1,
+            burst: 10,
+        };
+        let l = limiter(rate, &clock);
+        let k: Arc<str> = "token:a".into();
+        assert_eq!(check(&l, &k, 7, rate), Decision::Allow { remaining: 3 });
+        assert!(matches!(check(&l, &k, 4, rate), Decision::Deny { .. }));
+        assert!(matches!(check(&l, &k, 11, rate), Decision::Deny { .. }));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn failed_authentications_block_an_address_after_the_limit() {
+        let limits = Limits::default();
+        limits.configure(&RateLimitsSection {
+            auth_failures: AuthFailuresSection {
+                max: 3,
+                window: crate::config::HumanDuration(Duration::from_secs(60)),
+            },
+            ..RateLimitsSection::default()
+        });
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(!limits.auth_failed(ip));
+        assert!(!limits.auth_failed(ip));
+        assert!(!limits.auth_blocked(ip));
+        assert!(limits.auth_failed(ip));
+        assert!(limits.auth_blocked(ip));
+        assert!(!limits.auth_blocked(other));
+    }
+
+    #[test]
+    fn concurrency_is_bounded_per_token() {
+        let limits = Limits::default();
+        let t: Arc<str> = "a".into();
+        let p1 = limits.enter(&t, 2).unwrap();
+        let _p2 = limits.enter(&t, 2).unwrap();
+        assert_eq!(limits.enter(&t, 2).err(), Some("token_concurrency"));
+        assert!(limits.enter(&"b".into(), 2).is_ok());
+        drop(p1);
+        assert!(limits.enter(&t, 2).is_ok());
+    }
+}
