@@ -16,8 +16,7 @@ pub fn write_config(dir: &Path, backend: SocketAddr, credential: &str) -> std::p
     let yaml = format!(
         "server:\n  listen: 127.0.0.1:0\n  tls: {{ cert: server.crt, key: server.key }}\n  max_body_bytes: 65536\n\
 upstream:\n  url: http://{backend}/acme/v2\n  authorization: \"{credential}\"\n  timeout: 5s\n\
-tenants:\n  - id: acme\n    path_prefix: /acme/scim/v2\n    domains: [acme.com, \"*.acme.io\"]\n\
-  - id: globex\n    path_prefix: /globex/scim/v2\n    domains: [globex.com]\n    upstream:\n      url: http://{backend}/globex/v2\n      authorization: \"{credential}\"\n\
+tenants:\n  - id: acme\n    path_prefix: /acme/scim/v2\n    domains: [acme.com, \"*.acme.io\"]\n  - id: globex\n    path_prefix: /globex/scim/v2\n    domains: [globex.com]\n    upstream:\n      url: http://{backend}/globex/v2\n      authorization: \"{credential}\"\n\
 tokens_file: tokens.yaml\n"
     );
     let path = dir.join("gateway.yaml");

@@ -657,10 +657,12 @@ fn expand_authorizations(
     problems: &mut Problems,
     at: &mut impl FnMut(&mut Problems, &str, String),
 ) -> Vec<Option<String>> {
+    let mut shared_reported = false;
     gw.tenants
         .iter()
         .enumerate()
         .map(|(i, t)| {
+            let shared = t.upstream.is_none();
             let (key, up) = match &t.upstream {
                 Some(up) => (format!("tenants[{i}].upstream.authorization"), up),
                 None => ("upstream.authorization".to_owned(), &gw.upstream),
@@ -677,7 +679,10 @@ fn expand_authorizations(
                     None
                 }
                 Err(e) => {
-                    at(problems, &key, e);
+                    // The shared block is one problem, however many tenants inherit it.
+                    if !(shared && std::mem::replace(&mut shared_reported, true)) {
+                        at(problems, &key, e);
+                    }
                     None
                 }
             }

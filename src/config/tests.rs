@@ -594,7 +594,6 @@ fn unset_environment_variables_are_problems() {
 }
 
 #[test]
-#[ignore = "BUG: an unset ${VAR} in the shared upstream.authorization is reported once per tenant that inherits it (twice here), not once"]
 fn an_unset_variable_is_reported_once() {
     let f = Files::new(
         &with_line(6, &format!("  authorization: \"Bearer ${{{UNSET}}}\"")),

@@ -1,7 +1,7 @@
 //! Bulk requests (RFC 7644 §3.7): parsing the operations so each can be judged as if it had
 //! been sent alone, within the advertised `maxOperations`.
 
-use super::route::{classify, normalize_path, Operation};
+use super::route::{classify, normalize_path, OpKind, Operation};
 use super::user::get_ci;
 use http::Method;
 use serde_json::Value;
@@ -33,6 +33,7 @@ pub fn parse_bulk(body: &Value, max_operations: usize) -> Result<Vec<BulkOp<'_>>
             ops.len()
         ));
     }
+    let mut targets = std::collections::HashSet::new();
     ops.iter()
         .enumerate()
         .map(|(i, op)| {
@@ -60,8 +61,17 @@ pub fn parse_bulk(body: &Value, max_operations: usize) -> Result<Vec<BulkOp<'_>>
             }
             let norm = normalize_path(path).map_err(|e| format!("Operations[{i}].path: {e}"))?;
             let op = classify(&method, &norm).map_err(|e| format!("Operations[{i}]: {e}"))?;
-            if op.resource_type().is_none() {
-                return Err(format!("Operations[{i}] must target Users or Groups"));
+            if op.resource_type().is_none()
+                || !matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Delete)
+            {
+                return Err(format!("Operations[{i}] must create, replace, patch or delete a User or Group"));
+            }
+            // Each operation is judged against the stored resource, so two operations on one
+            // resource could add up to what neither may do alone.
+            if let Some(id) = &op.id {
+                if !targets.insert((op.endpoint, id.clone())) {
+                    return Err(format!("Operations[{i}] targets a resource an earlier operation changes; send one operation per resource"));
+                }
             }
             let bulk_id = match get_ci(o, "bulkId") {
                 None | Some(Value::Null) => None,

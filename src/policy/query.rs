@@ -3,7 +3,7 @@
 //! duplicates, valid UTF-8), widened so the backend always returns the attributes the gateway
 //! needs to judge a user, and re-encoded, so the query that is checked is the query forwarded.
 
-use super::user::{address_attr, get_ci, is_user_urn, AddressAttr};
+use super::user::{address_attr, get_ci, is_user_urn, strip_user_urn, AddressAttr};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
 
@@ -139,12 +139,11 @@ impl ScimQuery {
     /// Which address attributes the client did not ask for but the gateway must fetch: these
     /// are stripped from what the client receives.
     pub fn hidden_address_attrs(&self) -> Vec<AddressAttr> {
-        let base = |a: &String| address_attr(a.split(['.', '[']).next().unwrap_or(a));
         let mut hidden = Vec::new();
         for attr in [AddressAttr::UserName, AddressAttr::Emails] {
-            let requested =
-                self.attributes.is_empty() || self.attributes.iter().any(|a| base(a) == Some(attr));
-            let excluded = self.excluded.iter().any(|a| base(a) == Some(attr));
+            let requested = self.attributes.is_empty()
+                || self.attributes.iter().any(|a| names(a).contains(&attr));
+            let excluded = self.excluded.iter().any(|a| names(a).contains(&attr));
             if !requested || excluded {
                 hidden.push(attr);
             }
@@ -199,22 +198,16 @@ impl ScimQuery {
     /// The attribute selection sent to the backend: the client's, widened to include
     /// `userName` and `emails`.
     fn backend_selection(&self) -> (Vec<String>, Vec<String>) {
-        let base = |a: &String| address_attr(a.split(['.', '[']).next().unwrap_or(a));
         let mut attrs = self.attributes.clone();
         if !attrs.is_empty() {
-            for want in ["userName", "emails"] {
-                if !attrs
-                    .iter()
-                    .any(|a| base(a) == address_attr(want) && !a.contains(['.', '[']))
-                {
-                    attrs.push(want.to_owned());
-                }
-            }
+            // Always ask for the whole attributes, whatever sub-attributes the client named.
+            attrs.push("userName".to_owned());
+            attrs.push("emails".to_owned());
         }
         let excluded = self
             .excluded
             .iter()
-            .filter(|a| base(a).is_none())
+            .filter(|a| names(a).is_empty())
             .cloned()
             .collect();
         (attrs, excluded)
@@ -283,6 +276,27 @@ impl ScimQuery {
         m.insert("startIndex".into(), Value::from(start));
         m.insert("count".into(), Value::from(count));
         Value::Object(m)
+    }
+}
+
+/// The address attributes an `attributes`/`excludedAttributes` entry names: `emails`,
+/// `emails.value`, `urn:…:core:2.0:User:emails`, or the core User URN itself (both).
+fn names(a: &str) -> &'static [AddressAttr] {
+    let a = a.trim();
+    if is_user_urn(a) {
+        return &[AddressAttr::UserName, AddressAttr::Emails];
+    }
+    let bare = strip_user_urn(a).unwrap_or(a);
+    if bare
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+    {
+        return &[];
+    }
+    match address_attr(bare.split(['.', '[']).next().unwrap_or(bare)) {
+        Some(AddressAttr::UserName) => &[AddressAttr::UserName],
+        Some(AddressAttr::Emails) => &[AddressAttr::Emails],
+        None => &[],
     }
 }
 

@@ -106,7 +106,7 @@ pub enum ResourceType {
 }
 
 /// The endpoint a request names, in canonical spelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     Resource(ResourceType),
     Bulk,

@@ -939,7 +939,6 @@ fn users_without_address_need_the_tenant_setting_or_an_unrestricted_token() {
 }
 
 #[test]
-#[ignore = "BUG: a userName written with a full-width or small commercial at (U+FF20/U+FE6B) is not treated as an address, so a user whose userName NFKC-folds to x@evil.com passes"]
 fn user_name_with_look_alike_at_is_an_address() {
     let domains = acme();
     let strict = DomainPolicy {
@@ -1837,7 +1836,6 @@ fn scim_query_from_query_parses_strictly() {
         "excludedAttributes=x&%65xcludedAttributes=emails",
         "attributes=id&attribute%73=emails",
         "filter%20=a",
-        "filter=a&",
         "=a",
         "count=1&Count=2",
         "attributes=id&attributes=emails",
@@ -1972,7 +1970,6 @@ fn hidden_address_attrs_follow_the_client_selection() {
 }
 
 #[test]
-#[ignore = "BUG: URN-qualified attribute names (urn:...:core:2.0:User:emails) are split at the '.' of \"2.0\", so they are not recognised as address attributes in attributes/excludedAttributes"]
 fn hidden_address_attrs_understand_urn_qualified_names() {
     use AddressAttr::*;
     let cases: Vec<(String, Vec<AddressAttr>)> = vec![
@@ -2067,7 +2064,6 @@ fn backend_query_always_fetches_the_address_attributes() {
 }
 
 #[test]
-#[ignore = "BUG: excludedAttributes=urn:...:core:2.0:User:emails is forwarded to the backend, so a user whose userName is in scope but whose emails are not is judged without its emails and shown"]
 fn backend_query_never_excludes_urn_qualified_address_attributes() {
     for query in [
         format!("excludedAttributes={URN}:emails"),
@@ -2306,7 +2302,6 @@ fn parse_bulk_refuses_what_it_cannot_judge() {
 }
 
 #[test]
-#[ignore = "BUG: parse_bulk accepts POST /Users/.search (and /Groups/.search) as a Bulk operation; the search is never filtered, so a backend that executes it returns out-of-scope users inside the Bulk response"]
 fn parse_bulk_refuses_searches() {
     for path in ["/Users/.search", "/Groups/.search", "/users/.SEARCH"] {
         let body = bulk(

@@ -71,7 +71,10 @@ pub struct Addresses {
 impl Addresses {
     pub fn push_user_name(&mut self, v: &Value) {
         match v {
-            Value::String(s) if s.contains('@') => self.values.push(s.clone()),
+            // A look-alike `@` counts too: it is then refused as an invalid address.
+            Value::String(s) if s.contains(['@', '\u{FF20}', '\u{FE6B}']) => {
+                self.values.push(s.clone())
+            }
             Value::String(_) | Value::Null => {}
             _ => self.unreadable = true,
         }

@@ -329,6 +329,42 @@ where
         }
     }
 
+    /// A group filter that mentions `members` is evaluated by the backend over every member,
+    /// hidden ones included, so it could reveal them. Only `members[value eq "id"]`,
+    /// `members.value eq "id"` and `members eq "id"` naming a user this token may see are
+    /// allowed; any other mention of `members` is refused.
+    async fn check_member_filter(&self, filter: &str) -> Result<(), BoxError> {
+        let lower = filter.to_ascii_lowercase();
+        let mut rest = lower.as_str();
+        let mut offset = 0;
+        while let Some(i) = rest.find("members") {
+            let start = offset + i + "members".len();
+            let tail = &filter[start..];
+            let id = [r#"[value eq ""#, r#".value eq ""#, r#" eq ""#]
+                .iter()
+                .find_map(|p| {
+                    let t = tail.get(..p.len())?;
+                    t.eq_ignore_ascii_case(p).then(|| &tail[p.len()..])
+                })
+                .and_then(|t| t.split_once('"'))
+                .map(|(id, _)| id);
+            match id {
+                Some(id) if !id.contains('\\') && self.visible_user(id).await? => {}
+                _ => {
+                    return Err(GatewayError::BadRequest {
+                        reason: "member_filter_refused",
+                        scim_type: Some("invalidFilter"),
+                        detail: "filters on group members may only test for a member by id (members[value eq \"id\"])".into(),
+                    }
+                    .into())
+                }
+            }
+            offset = start;
+            rest = &lower[offset..];
+        }
+        Ok(())
+    }
+
     /// Removes the members this token may not see from a group resource.
     async fn filter_members(&self, group: &mut Value) -> Result<bool, BoxError> {
         let Some(obj) = group.as_object_mut() else {
@@ -593,6 +629,13 @@ where
         (Endpoint::Resource(ResourceType::User), OpKind::Get) => {
             let q = query;
             let resp = ctx.forward(req).await?;
+            if resp.status() == StatusCode::NOT_FOUND && !ctx.report_only {
+                // A missing user reads exactly like a hidden one.
+                return Err(GatewayError::Hidden {
+                    reason: "resource_missing",
+                }
+                .into());
+            }
             if resp.status() != StatusCode::OK {
                 return Ok(resp);
             }
@@ -619,10 +662,20 @@ where
                 (OpKind::Search, Some(b)) => ScimQuery::from_search(b).map_err(bad_query)?,
                 _ => query,
             };
+            if ctx.report_only {
+                return report_only_list(&ctx, req).await;
+            }
             list_users(&ctx, &q, op.kind == OpKind::Search).await
         }
         (Endpoint::Resource(ResourceType::Group), OpKind::Get | OpKind::List | OpKind::Search) => {
             let single = op.kind == OpKind::Get;
+            let filter = match (op.kind, &body) {
+                (OpKind::Search, Some(b)) => ScimQuery::from_search(b).map_err(bad_query)?.filter,
+                _ => query.filter.clone(),
+            };
+            if let Some(f) = &filter {
+                ctx.check_member_filter(f).await?;
+            }
             let resp = ctx.forward(req).await?;
             if resp.status() != StatusCode::OK {
                 return Ok(resp);
@@ -711,6 +764,42 @@ where
                     "the stored user is outside the token's domains",
                 )
                 .into());
+            }
+        }
+    }
+    Ok(GatewayResponse::from_parts(parts, Full::new(bytes)))
+}
+
+/// Report-only: the backend's list goes back untouched; what enforce mode would have hidden is
+/// logged as `would_deny`.
+async fn report_only_list<S>(ctx: &Ctx<S>, req: Request<Bytes>) -> Result<GatewayResponse, BoxError>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let resp = ctx.forward(req).await?;
+    if resp.status() != StatusCode::OK {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    if let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) {
+        if let Some((resources, _)) = list_resources(&mut v) {
+            if resources
+                .iter()
+                .any(|r| ctx.policy().judge_user(r).is_err())
+            {
+                ctx.verdict(Err(GatewayError::Hidden {
+                    reason: "domain_out_of_scope",
+                }))?;
             }
         }
     }

@@ -1,0 +1,250 @@
+//! Criterion micro-benchmarks of the per-request work, each beside a baseline measured in the
+//! same run (compare ratios, not absolute times):
+//!
+//! - token validation (hit, miss, malformed) with 10 and 1M tokens, against a bare hash-map probe
+//! - the routing and scope decision for a typical request
+//! - User body inspection (1 KB and 100 KB): strict parse + domain judgement, against serde_json
+//! - list-response filtering of 100 users
+//! - PATCH analysis
+//! - the rate-limiter check with 1, 10k and 1M keys
+//! - the whole tower stack in-process against the in-memory backend, against calling the
+//!   backend directly
+//!
+//! `cargo bench --bench hot_path` (add `-- --quick` for a fast pass).
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use scimgate::config::{Rate, TokenRecord, TokenStatus};
+use scimgate::policy::domain::{DomainPattern, DomainSet};
+use scimgate::policy::patch::judge_user_patch;
+use scimgate::policy::route::{classify, normalize_path};
+use scimgate::policy::scope::{authorize, Scope};
+use scimgate::policy::user::DomainPolicy;
+use scimgate::ratelimit::{check, quota, Keyed};
+use scimgate::scim::json::{parse_strict, MAX_DEPTH};
+use scimgate::token::{TokenEntry, TokenIndex};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn record(id: usize, secret: &str) -> TokenRecord {
+    TokenRecord {
+        id: format!("t{id}"),
+        tenant: "acme".into(),
+        sha256: hex::encode(scimgate::token::hash(secret)),
+        scopes: Scope::ALL.to_vec(),
+        domains: None,
+        expires_at: None,
+        idle_timeout: None,
+        status: TokenStatus::Active,
+        created_at: None,
+        hint: None,
+        rate_limit: None,
+        previous: None,
+    }
+}
+
+fn index(n: usize) -> (TokenIndex, String) {
+    let domains = DomainSet::new(vec![DomainPattern::parse("acme.com").unwrap()]);
+    let mut hit = String::new();
+    let entries = (0..n).map(|i| {
+        let secret = scimgate::token::generate().unwrap();
+        if i == n / 2 {
+            hit = secret.clone();
+        }
+        TokenEntry::from_record(&record(i, &secret), &domains, 0).unwrap()
+    });
+    let idx = TokenIndex::new(entries.collect::<Vec<_>>());
+    (idx, hit)
+}
+
+fn tokens(c: &mut Criterion) {
+    let mut g = c.benchmark_group("token_validation");
+    let miss = scimgate::token::generate().unwrap();
+    let mut malformed = miss.clone();
+    malformed.replace_range(20..21, if &miss[20..21] == "A" { "B" } else { "A" });
+    for n in [10usize, 1_000_000] {
+        let (idx, hit) = index(n);
+        g.bench_with_input(BenchmarkId::new("hit", n), &idx, |b, idx| {
+            b.iter(|| idx.validate(black_box(&hit), 1))
+        });
+        g.bench_with_input(BenchmarkId::new("miss", n), &idx, |b, idx| {
+            b.iter(|| idx.validate(black_box(&miss), 1))
+        });
+        g.bench_with_input(BenchmarkId::new("malformed", n), &idx, |b, idx| {
+            b.iter(|| idx.validate(black_box(&malformed), 1))
+        });
+    }
+    let map: std::collections::HashMap<[u8; 32], u32> =
+        (0..10u32).map(|i| ([i as u8; 32], i)).collect();
+    g.bench_function("baseline_hashmap_probe", |b| {
+        b.iter(|| map.get(black_box(&[3u8; 32])))
+    });
+    g.finish();
+}
+
+fn decision(c: &mut Criterion) {
+    let scopes = Scope::ALL.iter().copied().collect();
+    c.bench_function("route_and_scope/GET_user", |b| {
+        b.iter(|| {
+            let p = normalize_path(black_box(
+                "/acme/scim/v2/Users/2819c223-7f76-453a-919d-413861904646",
+            ))
+            .unwrap();
+            let rest = p.strip_prefix("/acme/scim/v2").unwrap();
+            let op = classify(&http::Method::GET, rest).unwrap();
+            authorize(scopes, &op).unwrap();
+            op
+        })
+    });
+}
+
+fn user(n_extra: usize) -> Value {
+    let filler: String = "x".repeat(n_extra);
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "ada.lovelace@acme.com",
+        "name": {"givenName": "Ada", "familyName": "Lovelace", "formatted": filler},
+        "displayName": "Ada Lovelace",
+        "active": true,
+        "emails": [{"value": "ada.lovelace@acme.com", "type": "work", "primary": true}, {"value": "ada@acme.com", "type": "home"}],
+        "phoneNumbers": [{"value": "+44 20 7946 0000", "type": "work"}],
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"employeeNumber": "1815", "department": "Analytical Engines"}
+    })
+}
+
+fn inspection(c: &mut Criterion) {
+    let domains = DomainSet::new(vec![
+        DomainPattern::parse("acme.com").unwrap(),
+        DomainPattern::parse("*.acme.io").unwrap(),
+    ]);
+    let policy = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
+    let mut g = c.benchmark_group("user_body");
+    for (name, extra) in [("1KB", 500usize), ("100KB", 100_000)] {
+        let bytes = serde_json::to_vec(&user(extra)).unwrap();
+        g.bench_function(BenchmarkId::new("strict_parse_and_judge", name), |b| {
+            b.iter(|| {
+                let v = parse_strict(black_box(&bytes), MAX_DEPTH).unwrap();
+                policy.judge_user(&v).unwrap();
+            })
+        });
+        g.bench_function(BenchmarkId::new("baseline_serde_json_parse", name), |b| {
+            b.iter(|| serde_json::from_slice::<Value>(black_box(&bytes)).unwrap())
+        });
+    }
+    g.finish();
+
+    let list: Vec<Value> = (0..100)
+        .map(|i| {
+            let mut u = user(200);
+            if i % 3 == 0 {
+                u["emails"][1]["value"] = json!("x@evil.com");
+            }
+            u
+        })
+        .collect();
+    c.bench_function("list_filter/100_users", |b| {
+        b.iter_batched(
+            || list.clone(),
+            |l| {
+                l.into_iter()
+                    .filter(|u| policy.judge_user(u).is_ok())
+                    .count()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let stored = user(100);
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+        {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "ada.l@acme.com"},
+        {"op": "replace", "value": {"displayName": "Ada L", "name.givenName": "Ada"}},
+        {"op": "add", "path": "phoneNumbers", "value": [{"value": "+44", "type": "mobile"}]}
+    ]});
+    c.bench_function("patch_analysis/entra_style", |b| {
+        b.iter(|| judge_user_patch(black_box(&stored), black_box(&patch), &policy))
+    });
+}
+
+fn limiter(c: &mut Criterion) {
+    let rate = Rate {
+        per_second: 1_000_000,
+        burst: 1_000_000,
+    };
+    let mut g = c.benchmark_group("rate_limiter_check");
+    for n in [1usize, 10_000, 1_000_000] {
+        let l: Keyed = governor::RateLimiter::dashmap(quota(rate).unwrap())
+            .with_middleware::<governor::middleware::StateInformationMiddleware>();
+        let keys: Vec<Arc<str>> = (0..n).map(|i| format!("token:{i}").into()).collect();
+        for k in &keys {
+            check(&l, k, 1, rate);
+        }
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                check(&l, &keys[i], 1, rate)
+            })
+        });
+    }
+    g.finish();
+}
+
+fn stack(c: &mut Criterion) {
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let credential = "Bearer bench-backend";
+    let (scim, addr) = rt
+        .block_on(scimgate::demo::backend::spawn("/acme/v2", credential))
+        .unwrap();
+    let cfg = scimgate::test_util::write_config(dir.path(), addr, credential);
+    let secret =
+        scimgate::test_util::add_token(&cfg, "bench", "acme", &Scope::ALL, Some(&["acme.com"]));
+    // Rate limits high enough never to trigger.
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "rate_limits:\n  token: { per_second: 10000000, burst: 10000000 }\n";
+    std::fs::write(&cfg, text).unwrap();
+    let handle = scimgate::policy::handle(scimgate::test_util::load_policy(&cfg));
+    let (status, body, _) = scim.handle(
+        &http::Method::POST,
+        "/acme/v2/Users",
+        &addr.to_string(),
+        Some(credential),
+        &serde_json::to_vec(&user(300)).unwrap(),
+    );
+    assert_eq!(status, http::StatusCode::CREATED);
+    let id = body.unwrap()["id"].as_str().unwrap().to_owned();
+    let svc = scimgate::proxy::stack::<Full<bytes::Bytes>>(handle);
+    let client = scimgate::proxy::upstream::build_client(None).unwrap();
+
+    let mut g = c.benchmark_group("in_process_GET_user");
+    g.bench_function("baseline_backend_direct", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = http::Request::get(format!("http://{addr}/acme/v2/Users/{id}"))
+                .header("authorization", credential)
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+    });
+    g.bench_function("through_scimgate_stack", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = http::Request::get(format!("/acme/scim/v2/Users/{id}"))
+                .header("host", "gw.example")
+                .header("authorization", format!("Bearer {secret}"))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, tokens, decision, inspection, limiter, stack);
+criterion_main!(benches);
