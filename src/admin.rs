@@ -1,5 +1,5 @@
-//! The plain-HTTP admin listener for Kubernetes probes: `/healthz` (the process is alive) and
-//! `/readyz` (serving, and not draining).
+//! The plain-HTTP admin listener: `/healthz` (the process is alive), `/readyz` (serving, and
+//! not draining) for Kubernetes probes, and `/metrics` for Prometheus.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -28,6 +28,14 @@ impl Health {
 }
 
 fn respond(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/metrics" {
+        let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::render())));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return resp;
+    }
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "{\"status\":\"ok\"}"),
         "/readyz" if health.is_ready() => (StatusCode::OK, "{\"status\":\"ready\"}"),

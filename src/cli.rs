@@ -36,11 +36,23 @@ pub enum Command {
     /// Manage tokens in the token file.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Work with the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run the gateway in front of an in-memory SCIM backend, with a generated certificate and token.
     Demo {
         /// Address of the demo gateway.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check an audit file's hash chain: exit 0 when intact, 1 with the first broken line.
+    Verify {
+        /// The audit log file.
+        file: PathBuf,
     },
 }
 
@@ -150,6 +162,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Token(t) => token_command(t),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let n = crate::audit::verify(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            println!("{}: {n} records, chain intact", file.display());
+            Ok(())
+        }
         Command::Demo { listen } => {
             crate::telemetry::init();
             runtime()?.block_on(crate::demo::run(listen))

@@ -5,9 +5,11 @@
 //! pure function under [`policy`], and every refusal becomes a SCIM error in [`scim::error`].
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

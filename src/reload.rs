@@ -35,16 +35,53 @@ pub fn tls_for(cfg: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
 /// Logs tokens that expire within [`EXPIRY_WARNING`]: one expired token can stop provisioning.
 pub fn warn_expiring(cfg: &Config) {
     let now = crate::proxy::unix_now();
+    let mut soon = 0;
     for t in &cfg.tokens.tokens {
         if t.status != config::TokenStatus::Active {
             continue;
         }
         if let Some(exp) = t.expires_at.map(|e| e.unix()) {
             if exp > now && exp - now <= EXPIRY_WARNING.as_secs() {
+                soon += 1;
                 tracing::warn!(token_id = %t.id, tenant = %t.tenant, expires_at = %t.expires_at.map(|e| e.to_string()).unwrap_or_default(), days_left = (exp - now) / 86_400, "token expires soon; rotate it");
             }
         }
     }
+    crate::metrics::METRICS.tokens_expiring.set(soon);
+}
+
+/// Administrative events a new token file implies, as `(event, token id)`.
+pub fn token_changes(
+    before: Option<&config::TokensFile>,
+    after: &Config,
+) -> Vec<(&'static str, String)> {
+    use config::TokenStatus::*;
+    let Some(before) = before else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in &after.tokens.tokens {
+        match before.tokens.iter().find(|b| b.id == t.id) {
+            None => out.push(("token_issued", t.id.clone())),
+            Some(b) => {
+                if b.sha256 != t.sha256 {
+                    out.push(("token_rotated", t.id.clone()));
+                }
+                match (b.status, t.status) {
+                    (x, y) if x == y => {}
+                    (_, Revoked) => out.push(("token_revoked", t.id.clone())),
+                    (_, Suspended) => out.push(("token_suspended", t.id.clone())),
+                    (_, Active) => out.push(("token_resumed", t.id.clone())),
+                }
+            }
+        }
+    }
+    for b in &before.tokens {
+        if !after.tokens.tokens.iter().any(|t| t.id == b.id) {
+            out.push(("token_removed", b.id.clone()));
+        }
+    }
+    out
 }
 
 /// Everything a reload replaces.
@@ -52,8 +89,9 @@ pub struct Reloader {
     pub config_path: PathBuf,
     pub policy: PolicyHandle,
     pub tls: TlsHandle,
-    pub usage: Arc<UsageStore>,
-    pub limiters: Arc<crate::ratelimit::Limits>,
+    pub runtime: crate::policy::Runtime,
+    /// The token file as last loaded, to report what a reload changed.
+    pub last: std::sync::Mutex<Option<config::TokensFile>>,
     /// The listen addresses of the running server: changing them needs a restart.
     pub listen: (std::net::SocketAddr, Option<std::net::SocketAddr>),
 }
@@ -61,31 +99,62 @@ pub struct Reloader {
 impl Reloader {
     /// Loads, validates and swaps in the configuration on disk. Returns whether it took effect.
     pub fn reload(&self) -> bool {
+        let before_tokens = self.policy.load().version.clone();
+        let m = &crate::metrics::METRICS;
         match self.try_reload() {
-            Ok(cfg) => {
+            Ok((cfg, previous)) => {
                 tracing::info!(policy_version = %cfg.version, tokens = cfg.tokens.tokens.len(), "policy reloaded");
+                m.reloads
+                    .get_or_create(&crate::metrics::ResultLabels { result: "success" })
+                    .inc();
+                self.admin_event(
+                    "policy_reloaded",
+                    Some(format!("{} -> {}", before_tokens, cfg.version)),
+                );
+                for (event, id) in token_changes(previous.as_ref(), &cfg) {
+                    self.admin_event(event, Some(id));
+                }
                 warn_expiring(&cfg);
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(cfg.tokens.clone());
                 true
             }
             Err(problems) => {
+                m.reloads
+                    .get_or_create(&crate::metrics::ResultLabels { result: "failure" })
+                    .inc();
                 for p in &problems.0 {
                     tracing::error!(problem = %p, "configuration refused; the last good policy keeps serving");
                 }
+                self.admin_event("policy_refused", Some(problems.to_string()));
                 false
             }
         }
     }
 
-    fn try_reload(&self) -> Result<Config, Problems> {
+    fn admin_event(&self, event: &'static str, detail: Option<String>) {
+        if let Some(audit) = &self.runtime.audit {
+            let policy = self.policy.load();
+            audit.try_send(crate::audit::Record {
+                kind: "admin",
+                event: Some(event),
+                detail,
+                policy_version: Some(policy.version.clone()),
+                ..Default::default()
+            });
+        }
+    }
+
+    fn try_reload(&self) -> Result<(Config, Option<config::TokensFile>), Problems> {
         let cfg = config::load(&self.config_path)?;
-        let policy = Policy::compile_with(&cfg, &self.usage, &self.limiters)?;
+        let previous = self.last.lock().ok().and_then(|l| l.clone());
+        let policy = Policy::compile_with(&cfg, &self.runtime)?;
         let tls = tls_for(&cfg).map_err(|e| Problems::single(&cfg.path, e))?;
         if (cfg.gateway.server.listen, cfg.gateway.admin_listen) != self.listen {
             tracing::warn!("listen addresses changed; they take effect on restart");
         }
         self.tls.store(tls);
         self.policy.store(Arc::new(policy));
-        Ok(cfg)
+        Ok((cfg, previous))
     }
 
     /// The files whose change triggers a reload, by directory.

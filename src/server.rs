@@ -93,11 +93,17 @@ pub async fn run_gateway(
                     return;
                 }
             };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
             let conn_info = ClientConn {
                 remote,
                 local,
-                client_cert: tls.get_ref().1.peer_certificates().is_some(),
+                client_cert: peer.is_some(),
+                client_cert_subject: peer.and_then(|c| crate::tls::subject(c)).map(Into::into),
             };
+            crate::metrics::METRICS.open_connections.inc();
+            let _open = scopeguard(|| {
+                crate::metrics::METRICS.open_connections.dec();
+            });
             let svc = ServiceBuilder::new()
                 .map_request(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(conn_info.clone());
@@ -121,6 +127,19 @@ pub async fn run_gateway(
     {
         tracing::warn!("shutdown grace period ended with requests still in flight");
     }
+}
+
+/// Runs `f` when dropped (connection gauges).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -148,9 +167,14 @@ pub async fn shutdown_signal() {
 /// `scimgate serve`: builds everything from a validated configuration and runs until a signal,
 /// reloading on SIGHUP and on file changes.
 pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), String> {
-    let usage = Arc::new(UsageStore::open(&cfg.state_dir())?);
-    let limiters = Arc::new(crate::ratelimit::Limits::default());
-    let compiled = Policy::compile_with(&cfg, &usage, &limiters).map_err(|p| p.to_string())?;
+    let base_dir = cfg.path.parent().map(|p| p.to_owned()).unwrap_or_default();
+    let runtime = crate::policy::Runtime {
+        usage: Arc::new(UsageStore::open(&cfg.state_dir())?),
+        limiters: Arc::default(),
+        audit: crate::audit::Audit::start(&cfg.gateway.audit, &base_dir)?,
+    };
+    let usage = runtime.usage.clone();
+    let compiled = Policy::compile_with(&cfg, &runtime).map_err(|p| p.to_string())?;
     let tokens = compiled.tokens.len();
     let policy = policy::handle(compiled);
     let tls: TlsHandle = Arc::new(ArcSwap::new(reload::tls_for(&cfg)?));
@@ -160,8 +184,8 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
         config_path,
         policy: policy.clone(),
         tls: tls.clone(),
-        usage: usage.clone(),
-        limiters,
+        runtime,
+        last: std::sync::Mutex::new(Some(cfg.tokens.clone())),
         listen: (cfg.gateway.server.listen, cfg.gateway.admin_listen),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -78,3 +78,9 @@ pub fn self_signed() -> Result<(String, String), String> {
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }
+
+/// The subject of a DER certificate, e.g. `CN=dev-client`, for the audit trail.
+pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.subject().to_string())
+}

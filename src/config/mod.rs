@@ -42,6 +42,9 @@ pub struct GatewayFile {
     pub upstream: UpstreamSection,
     pub tenants: Vec<TenantSection>,
     pub tokens_file: PathBuf,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Rate limits, brute-force protection, concurrency bounds and blast-radius guards.
     #[serde(default)]
     pub rate_limits: RateLimitsSection,
@@ -87,6 +90,55 @@ fn default_request_timeout() -> HumanDuration {
 }
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(20))
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSink {
+    #[default]
+    Stdout,
+    File,
+    None,
+}
+
+/// `audit:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    #[serde(default)]
+    pub sink: AuditSink,
+    /// The file for `sink: file` (default `audit.log` next to the configuration).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Rotate the file past this size.
+    #[serde(default = "default_audit_max")]
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    #[serde(default = "default_audit_keep")]
+    pub keep: u32,
+    /// Log query parameter values (names only by default: filters carry personal data).
+    #[serde(default)]
+    pub query_values: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            sink: AuditSink::default(),
+            path: None,
+            max_bytes: default_audit_max(),
+            keep: default_audit_keep(),
+            query_values: false,
+        }
+    }
+}
+
+fn default_audit_max() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_audit_keep() -> u32 {
+    10
 }
 
 /// A GCRA rate: a sustained rate and the burst allowed on top of it.

@@ -53,22 +53,29 @@ pub struct Policy {
     /// Rate-limit settings and the limiter state shared across reloads.
     pub rate_limits: RateLimitsSection,
     pub limiters: Arc<crate::ratelimit::Limits>,
+    /// The audit trail, if one is configured.
+    pub audit: Option<crate::audit::Audit>,
+}
+
+/// State that outlives policy snapshots: last-use counters, limiter state, the audit writer.
+#[derive(Debug, Default, Clone)]
+pub struct Runtime {
+    pub usage: Arc<UsageStore>,
+    pub limiters: Arc<crate::ratelimit::Limits>,
+    pub audit: Option<crate::audit::Audit>,
 }
 
 impl Policy {
     /// Compiles a validated configuration. Upstream clients are built here, so a bad upstream CA
     /// file is refused like any other problem.
     pub fn compile(cfg: &Config) -> Result<Policy, Problems> {
-        Self::compile_with(cfg, &UsageStore::in_memory(), &Arc::default())
+        Self::compile_with(cfg, &Runtime::default())
     }
 
     /// Compiles with token last-use counters from `usage`, so idle expiry carries across
     /// reloads and restarts.
-    pub fn compile_with(
-        cfg: &Config,
-        usage: &UsageStore,
-        limiters: &Arc<crate::ratelimit::Limits>,
-    ) -> Result<Policy, Problems> {
+    pub fn compile_with(cfg: &Config, runtime: &Runtime) -> Result<Policy, Problems> {
+        let (usage, limiters) = (&runtime.usage, &runtime.limiters);
         let now = crate::proxy::unix_now();
         let rl = &cfg.gateway.rate_limits;
         limiters.configure(rl);
@@ -129,6 +136,7 @@ impl Policy {
             },
             rate_limits: rl.clone(),
             limiters: limiters.clone(),
+            audit: runtime.audit.clone(),
         })
     }
 

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
 use tower::{Layer, Service};
 
 /// What is known about a request by the time it is answered.
@@ -24,6 +25,11 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
     pub upstream_status: Option<u16>,
     pub policy_version: Option<Arc<str>>,
+    pub resource_type: Option<&'static str>,
+    pub target_id: Option<String>,
+    /// Normalisations applied to the request (`path_normalized`, `endpoint_case`, …).
+    pub normalizations: Vec<&'static str>,
+    pub audit: Option<crate::audit::Audit>,
 }
 
 /// The shared record, carried in the request's extensions.
@@ -83,43 +89,141 @@ where
         req.extensions_mut().insert(handle.clone());
         let method = req.method().clone();
         let raw_path_len = req.uri().path().len();
+        let conn = req.extensions().get::<super::ClientConn>().cloned();
+        let query = req.uri().query().map(str::to_owned);
+        let bytes_in = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
-            emit(
-                &handle,
-                &method,
-                raw_path_len,
-                resp.status().as_u16(),
-                start,
-            );
+            let status = resp.status().as_u16();
+            let bytes_out = http_body::Body::size_hint(resp.body()).exact();
+            let elapsed = start.elapsed();
+            emit(&handle, &method, raw_path_len, status, elapsed);
+            let facts = Facts {
+                method: &method,
+                conn: conn.as_ref(),
+                query: query.as_deref(),
+                status,
+                bytes_in,
+                bytes_out,
+                elapsed,
+            };
+            if let Some((audit, record)) = audit_record(&handle, &facts) {
+                audit.send(record).await;
+            }
             Ok(resp)
         })
     }
 }
 
-fn emit(handle: &RecordHandle, method: &Method, raw_path_len: usize, status: u16, start: Instant) {
-    let Ok(r) = handle.0.lock() else { return };
-    let decision = r.decision.unwrap_or(if r.upstream_status.is_some() {
+fn decision_of(r: &AccessRecord) -> &'static str {
+    r.decision.unwrap_or(if r.upstream_status.is_some() {
         "allow"
     } else {
         "deny"
-    });
-    // A token pasted into a URL must not reach the log.
-    let path = r.path.as_deref().map(|p| {
-        if p.contains(crate::token::PREFIX) {
-            "[redacted]"
-        } else {
-            p
-        }
-    });
+    })
+}
+
+/// A token pasted into a URL must not reach any log.
+fn redacted(p: &str) -> &str {
+    if p.contains(crate::token::PREFIX) {
+        "[redacted]"
+    } else {
+        p
+    }
+}
+
+/// What the outermost layer saw of the request and its response.
+struct Facts<'a> {
+    method: &'a Method,
+    conn: Option<&'a super::ClientConn>,
+    query: Option<&'a str>,
+    status: u16,
+    bytes_in: Option<u64>,
+    bytes_out: Option<u64>,
+    elapsed: Duration,
+}
+
+fn audit_record(
+    handle: &RecordHandle,
+    f: &Facts<'_>,
+) -> Option<(crate::audit::Audit, crate::audit::Record)> {
+    let r = handle.0.lock().ok()?;
+    let audit = r.audit.clone()?;
+    let record = crate::audit::Record {
+        kind: "request",
+        request_id: r
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        client_addr: f.conn.map(|c| c.remote.ip().to_string()),
+        client_cert_subject: f
+            .conn
+            .and_then(|c| c.client_cert_subject.as_deref())
+            .map(str::to_owned),
+        token_id: r.token_id.clone(),
+        tenant: r.tenant.clone(),
+        method: Some(f.method.as_str().to_owned()),
+        path: r.path.as_deref().map(redacted).map(str::to_owned),
+        query: f
+            .query
+            .map(|q| crate::audit::audited_query(q, audit.query_values))
+            .map(|q| redacted(&q).to_owned()),
+        resource_type: r.resource_type,
+        operation: r.operation,
+        target_id: r.target_id.as_deref().map(redacted).map(str::to_owned),
+        decision: Some(decision_of(&r)),
+        reason: r.reason,
+        status: Some(f.status),
+        upstream_status: r.upstream_status,
+        bytes_in: f.bytes_in,
+        bytes_out: f.bytes_out,
+        duration_us: Some(f.elapsed.as_micros() as u64),
+        policy_version: r.policy_version.clone(),
+        normalizations: r.normalizations.clone(),
+        event: None,
+        detail: None,
+    };
+    Some((audit, record))
+}
+
+fn emit(
+    handle: &RecordHandle,
+    method: &Method,
+    raw_path_len: usize,
+    status: u16,
+    elapsed: Duration,
+) {
+    let Ok(r) = handle.0.lock() else { return };
+    let decision = decision_of(&r);
+    let m = &crate::metrics::METRICS;
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            tenant: r.tenant.as_deref().unwrap_or("-").to_owned(),
+            decision,
+            status,
+        })
+        .inc();
+    m.request_duration.observe(elapsed.as_secs_f64());
+    if status == 429 || status == 503 {
+        m.rate_limited
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: r.reason.unwrap_or("upstream"),
+            })
+            .inc();
+    }
     tracing::info!(
         target: "scimgate::access",
         request_id = r.request_id.as_ref().and_then(|v| v.to_str().ok()),
         tenant = r.tenant.as_deref(),
         token_id = r.token_id.as_deref(),
         method = method.as_str(),
-        path,
+        path = r.path.as_deref().map(redacted),
         raw_path_len,
         operation = r.operation,
         decision,
@@ -127,7 +231,7 @@ fn emit(handle: &RecordHandle, method: &Method, raw_path_len: usize, status: u16
         status,
         upstream_status = r.upstream_status,
         policy_version = r.policy_version.as_deref(),
-        duration_us = start.elapsed().as_micros() as u64,
+        duration_us = elapsed.as_micros() as u64,
         "request"
     );
 }

@@ -135,10 +135,23 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = parts.headers;
 
-    let deadline = Instant::now() + up.timeout;
+    let started = Instant::now();
+    let deadline = started + up.timeout;
+    let m = &crate::metrics::METRICS;
+    let failed = |reason: &'static str| {
+        m.upstream_errors
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
+            .inc();
+    };
     let resp = match timeout_at(deadline, up.client.request(out)).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout.into()),
-        Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(&e)).into()),
+        Err(_) => {
+            failed("timeout");
+            return Err(GatewayError::UpstreamTimeout.into());
+        }
+        Ok(Err(e)) => {
+            failed("unavailable");
+            return Err(GatewayError::UpstreamUnavailable(error_chain(&e)).into());
+        }
         Ok(Ok(r)) => r,
     };
     let (mut rparts, rbody) = resp.into_parts();
@@ -161,6 +174,7 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
         Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(e.as_ref())).into()),
         Ok(Ok(c)) => c.to_bytes(),
     };
+    m.upstream_duration.observe(started.elapsed().as_secs_f64());
     strip_hop_by_hop(&mut rparts.headers);
     if rparts
         .headers

@@ -59,6 +59,8 @@ pub struct ClientConn {
     pub local: SocketAddr,
     /// Whether the client presented a verified certificate (mTLS).
     pub client_cert: bool,
+    /// The verified client certificate's subject, for the audit trail.
+    pub client_cert_subject: Option<Arc<str>>,
 }
 
 /// The policy snapshot this request is judged by.

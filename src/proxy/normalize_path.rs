@@ -26,7 +26,13 @@ impl<B> Predicate<Request<B>> for NormalizePath {
                 .into());
             }
         }
-        super::access_log::record(&req, |r| r.path = Some(path.clone()));
+        let changed = path != req.uri().path();
+        super::access_log::record(&req, |r| {
+            r.path = Some(path.clone());
+            if changed {
+                r.normalizations.push("path_normalized");
+            }
+        });
         req.extensions_mut().insert(NormalizedPath(path));
         Ok(req)
     }

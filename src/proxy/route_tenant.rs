@@ -39,7 +39,16 @@ impl<B> Predicate<Request<B>> for RouteTenant {
             },
             other => GatewayError::from(other),
         })?;
-        super::access_log::record(&req, |r| r.operation = Some(op.kind.as_str()));
+        let canonical = op.endpoint.canonical();
+        let spelled = rest.split('/').find(|s| !s.is_empty()).unwrap_or("");
+        super::access_log::record(&req, |r| {
+            r.operation = Some(op.kind.as_str());
+            r.resource_type = Some(canonical);
+            r.target_id = op.id.as_deref().map(str::to_owned);
+            if spelled != canonical {
+                r.normalizations.push("endpoint_case");
+            }
+        });
         let routed = Routed {
             tenant: tenant.clone(),
             op,

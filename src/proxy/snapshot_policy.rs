@@ -16,7 +16,12 @@ pub fn layer(policy: PolicyHandle) -> FilterLayer<SnapshotPolicy> {
 impl<B> Predicate<Request<B>> for SnapshotPolicy {
     type Request = Request<B>;
     fn check(&mut self, mut req: Request<B>) -> Result<Request<B>, crate::BoxError> {
-        req.extensions_mut().insert(Snapshot(self.0.load_full()));
+        let policy = self.0.load_full();
+        super::access_log::record(&req, |r| {
+            r.policy_version = Some(policy.version.clone());
+            r.audit = policy.audit.clone();
+        });
+        req.extensions_mut().insert(Snapshot(policy));
         Ok(req)
     }
 }
