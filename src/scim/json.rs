@@ -92,12 +92,24 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.deeper()?;
         let mut out = Map::new();
-        let mut folded = std::collections::HashSet::new();
+        // Small objects (nearly all of SCIM) compare in place; large ones switch to a set.
+        let mut folded: Option<std::collections::HashSet<String>> = None;
         while let Some(key) = map.next_key::<String>()? {
             if !key.is_ascii() {
                 return Err(A::Error::custom(format_args!("non-ASCII key {key:?}")));
             }
-            if !folded.insert(key.to_ascii_lowercase()) {
+            let duplicate = match &mut folded {
+                Some(set) => !set.insert(key.to_ascii_lowercase()),
+                None if out.len() < 16 => out.keys().any(|k| k.eq_ignore_ascii_case(&key)),
+                None => {
+                    let mut set: std::collections::HashSet<String> =
+                        out.keys().map(|k| k.to_ascii_lowercase()).collect();
+                    let dup = !set.insert(key.to_ascii_lowercase());
+                    folded = Some(set);
+                    dup
+                }
+            };
+            if duplicate {
                 return Err(A::Error::custom(format_args!("duplicate key {key:?}")));
             }
             let v = map.next_value_seed(inner)?;
@@ -140,6 +152,17 @@ mod tests {
             MAX_DEPTH
         )
         .is_ok());
+    }
+
+    #[test]
+    fn large_objects_are_checked_as_strictly_as_small_ones() {
+        let keys: Vec<String> = (0..20).map(|i| format!("\"k{i}\":{i}")).collect();
+        let ok = format!("{{{}}}", keys.join(","));
+        assert!(parse_strict(ok.as_bytes(), MAX_DEPTH).is_ok());
+        for dup in ["\"k3\":0", "\"K3\":0", "\"k19\":0", "\"K19\":0"] {
+            let bad = format!("{{{},{dup}}}", keys.join(","));
+            assert!(parse_strict(bad.as_bytes(), MAX_DEPTH).is_err(), "{dup}");
+        }
     }
 
     #[test]
