@@ -247,12 +247,28 @@ impl Capture {
     pub fn wait_for(
         &self,
         timeout: Duration,
+        pred: impl FnMut(&str) -> bool,
+    ) -> Result<String, WaitError> {
+        self.wait_for_from(0, timeout, pred)
+    }
+
+    /// How many lines were read so far: a mark for [`Capture::wait_for_from`].
+    pub fn mark(&self) -> usize {
+        self.inner.0.lock().unwrap().lines.len()
+    }
+
+    /// Like [`Capture::wait_for`], looking only at lines from index `start` on (lines written
+    /// after a [`Capture::mark`]).
+    pub fn wait_for_from(
+        &self,
+        start: usize,
+        timeout: Duration,
         mut pred: impl FnMut(&str) -> bool,
     ) -> Result<String, WaitError> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.inner;
         let mut state = m.lock().unwrap();
-        let mut seen = 0;
+        let mut seen = start;
         loop {
             while seen < state.lines.len() {
                 if pred(&state.lines[seen]) {
@@ -681,6 +697,21 @@ impl Backend {
             .unwrap_or_default()
     }
 
+    /// Every resource of an endpoint by id, for before/after comparisons: any created,
+    /// deleted or changed resource (`meta.version` changes with every write) shows.
+    pub fn state(&self, tenant: &str, endpoint: &str) -> BTreeMap<String, Value> {
+        self.list(tenant, endpoint)
+            .into_iter()
+            .map(|r| {
+                let id = r["id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a backend resource without id: {r}"))
+                    .to_owned();
+                (id, r)
+            })
+            .collect()
+    }
+
     /// The users of a tenant with this userName.
     pub fn users_named(&self, tenant: &str, user_name: &str) -> Vec<Value> {
         self.list(tenant, "Users")
@@ -876,6 +907,117 @@ impl Drop for SilentUpstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A backend that answers when told to
+// ---------------------------------------------------------------------------------------------
+
+/// A TCP listener that reads each request's head, holds it until [`HeldUpstream::release`],
+/// then answers `200` with a fixed SCIM JSON body and closes the connection: a slow backend
+/// whose slowness the test controls (for requests in flight across a reload, say).
+pub struct HeldUpstream {
+    pub addr: SocketAddr,
+    received: Arc<AtomicUsize>,
+    released: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HeldUpstream {
+    pub fn start(body: &str) -> HeldUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the held upstream");
+        let addr = listener.local_addr().expect("local_addr");
+        let received = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/scim+json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (r, rel, s) = (received.clone(), released.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("held-upstream".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if s.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let (r, rel, response) = (r.clone(), rel.clone(), response.clone());
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let (m, cv) = &*rel;
+                        let deadline = Instant::now() + REQUEST_TIMEOUT;
+                        let mut go = m.lock().unwrap();
+                        while !*go && Instant::now() < deadline {
+                            go = cv.wait_timeout(go, Duration::from_millis(100)).unwrap().0;
+                        }
+                        drop(go);
+                        let _ = conn.write_all(response.as_bytes());
+                        let _ = conn.flush();
+                    });
+                }
+            })
+            .expect("spawn the held upstream");
+        HeldUpstream {
+            addr,
+            received,
+            released,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests whose head arrived so far.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until at least `n` request heads arrived.
+    pub fn wait_received(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.received() < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Lets every held request (and every later one) be answered.
+    pub fn release(&self) {
+        let (m, cv) = &*self.released;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for HeldUpstream {
+    fn drop(&mut self) {
+        self.release();
+        self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -1081,6 +1223,49 @@ impl Setup {
         .expect("write tokens.yaml");
     }
 
+    /// `scimgate token rotate --id ID --overlap O`; returns the new secret (first stdout line).
+    pub fn rotate(&self, id: &str, overlap: &str) -> String {
+        let out = self.cli(&["token", "rotate", "--id", id, "--overlap", overlap]);
+        assert!(
+            out.status.success(),
+            "token rotate failed: {}",
+            describe(&out)
+        );
+        let stdout = String::from_utf8(out.stdout.clone()).expect("UTF-8 stdout");
+        let secret = stdout.lines().next().unwrap_or("").trim().to_owned();
+        assert!(
+            scimgate::token::looks_like_token(&secret),
+            "token rotate did not print a token on its first line: {}",
+            describe(&out)
+        );
+        secret
+    }
+
+    /// The configuration file's text.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).expect("read gateway.yaml")
+    }
+
+    /// Replaces the configuration file's text (written in place, like an editor would).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write gateway.yaml");
+    }
+
+    /// Edits the configuration text: `from` must occur in it, and is replaced by `to`.
+    pub fn replace_in_config(&self, from: &str, to: &str) {
+        let text = self.config_text();
+        assert!(
+            text.contains(from),
+            "{from:?} is not in the configuration:\n{text}"
+        );
+        self.write_config(&text.replacen(from, to, 1));
+    }
+
+    /// The default `state_dir`: `scimgate-state/` beside the configuration.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("scimgate-state")
+    }
+
     /// Starts `scimgate serve` on this configuration and waits until it listens.
     pub fn start(self) -> Gateway {
         Gateway::start(self)
@@ -1196,6 +1381,17 @@ impl Gateway {
         rt().block_on(exchange(&self.http1, req))
     }
 
+    /// Sends over a new HTTP/1.1 connection from a client that trusts only `cert_pem` (to see
+    /// which certificate the gateway presents to new connections).
+    pub fn try_send_trusting(&self, cert_pem: &str, req: Req) -> Result<Resp, String> {
+        let client = {
+            let _rt = rt().enter();
+            https_client(cert_pem, Alpn::Http1)
+        };
+        let req = req.into_http(&self.origin());
+        rt().block_on(exchange(&client, req))
+    }
+
     /// Sends offering ALPN `h2` and `http/1.1` (the server picks; it should pick h2).
     pub fn send_alpn(&self, req: Req) -> Resp {
         let req = req.into_http(&self.origin());
@@ -1267,6 +1463,49 @@ impl Gateway {
 
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.try_status()
+    }
+
+    /// How many stderr lines the gateway wrote so far: a mark for [`Gateway::wait_log_from`].
+    pub fn log_mark(&self) -> usize {
+        self.stderr.mark()
+    }
+
+    /// Waits (bounded by `timeout`) for a stderr line written after `mark` satisfying `pred`.
+    pub fn wait_log_from(
+        &self,
+        mark: usize,
+        timeout: Duration,
+        pred: impl FnMut(&str) -> bool,
+    ) -> Result<String, WaitError> {
+        self.stderr.wait_for_from(mark, timeout, pred)
+    }
+
+    /// The JSON stderr lines written after `mark`, parsed.
+    pub fn log_lines_from(&self, mark: usize) -> Vec<Value> {
+        self.stderr
+            .lines()
+            .iter()
+            .skip(mark)
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
+    /// Sends SIGHUP (through kill(1)).
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("cannot run kill")
+            .success();
+        assert!(ok, "kill -HUP {} failed", self.pid());
+    }
+
+    /// Stops the gateway (killing it if it is still running) and hands its configuration
+    /// directory back, e.g. to start it again.
+    pub fn into_setup(mut self) -> Setup {
+        self.child.kill();
+        self.setup
     }
 }
 
