@@ -60,6 +60,10 @@ impl Default for Metrics {
             audit_records: Counter::default(),
             registry: Registry::with_prefix("scimgate"),
         };
+        // Series that should exist before their first event, so alerts can use them.
+        for result in ["success", "failure"] {
+            m.reloads.get_or_create(&ResultLabels { result });
+        }
         let r = &mut m.registry;
         r.register(
             "requests",
