@@ -428,10 +428,13 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let gw_src = read(path, &mut problems).ok_or_else(|| problems.clone())?;
     let gateway: GatewayFile =
         parse_yaml(path, &gw_src, &mut problems).ok_or_else(|| problems.clone())?;
-    let gw_lines = LineIndex::build(&gw_src);
+    // Line numbers are only needed to report a problem: index lazily (a second YAML parse of a
+    // 100k-token file is not free).
+    let gw_lines = std::cell::OnceCell::new();
     let tokens_path = resolve_against(path, &gateway.tokens_file);
     let mut at = |problems: &mut Problems, key: &str, msg: String| {
-        problems.push(Problem::new(path, gw_lines.line_of(key), key, msg));
+        let line = gw_lines.get_or_init(|| LineIndex::build(&gw_src)).line_of(key);
+        problems.push(Problem::new(path, line, key, msg));
     };
 
     validate_gateway(path, &gateway, &mut problems, &mut at);
@@ -442,9 +445,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         .as_deref()
         .and_then(|src| parse_yaml::<TokensFile>(&tokens_path, src, &mut problems));
     if let (Some(src), Some(tokens)) = (tok_src.as_deref(), tokens.as_ref()) {
-        let tok_lines = LineIndex::build(src);
+        let tok_lines = std::cell::OnceCell::new();
         validate_tokens(&gateway, tokens, &mut |key: &str, msg: String| {
-            problems.push(Problem::new(&tokens_path, tok_lines.line_of(key), key, msg));
+            let line = tok_lines.get_or_init(|| LineIndex::build(src)).line_of(key);
+            problems.push(Problem::new(&tokens_path, line, key, msg));
         });
     }
     if !problems.is_empty() {
