@@ -62,7 +62,7 @@ impl Default for Metrics {
         };
         // Series that should exist before their first event, so alerts can use them.
         for result in ["success", "failure"] {
-            m.reloads.get_or_create(&ResultLabels { result });
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
         }
         let r = &mut m.registry;
         r.register(

@@ -15,6 +15,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The SIGHUP stream.
+#[cfg(unix)]
+pub type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+pub type Hangup = std::convert::Infallible;
+
+/// Registers for SIGHUP now (before the default action can end the process).
+pub fn hangup() -> Option<Hangup> {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Tokens this close to expiry are warned about at every load.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
@@ -174,7 +192,9 @@ impl Reloader {
     }
 
     /// Reloads on SIGHUP and on changes to the watched files until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// `hup` is the SIGHUP stream, registered by the caller before the gateway announces itself,
+    /// so a SIGHUP right after start reloads instead of ending the process.
+    pub async fn run(self, hup: Option<Hangup>, shutdown: impl std::future::Future<Output = ()>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watched = self.watched();
         let names: Vec<(PathBuf, HashSet<OsString>)> = watched.clone();
@@ -216,18 +236,13 @@ impl Reloader {
                 None
             }
         };
-        #[cfg(unix)]
-        {
+        if let Some(mut hup) = hup {
             let hup_tx = tx.clone();
-            if let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        let _ = hup_tx.send(());
-                    }
-                });
-            }
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = hup_tx.send(());
+                }
+            });
         }
         drop(tx);
         tokio::pin!(shutdown);

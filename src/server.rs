@@ -192,7 +192,8 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
+    let hup = reload::hangup();
+    let reload_task = tokio::spawn(reloader.run(hup, stopped(stop_rx.clone())));
     let flush_task = tokio::spawn(reload::flush_usage(usage, stopped(stop_rx)));
     let result = run(
         cfg.gateway.server.listen,

@@ -140,11 +140,7 @@ fn a_bulk_request_costs_one_unit_per_operation() {
         &setup,
         "rate_limits:\n  token: { per_second: 1, burst: 6 }\n",
     );
-    let token = setup.issue(
-        "acme",
-        "bulk",
-        &["users:read", "users:write", "bulk"],
-    );
+    let token = setup.issue("acme", "bulk", &["users:read", "users:write", "bulk"]);
     let gw = setup.start();
     let ops: Vec<_> = (0..4)
         .map(|i| json!({"method": "POST", "path": "/Users", "bulkId": format!("b{i}"), "data": user_body(&format!("bulk{i}@acme.com"))}))

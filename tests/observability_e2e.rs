@@ -13,7 +13,8 @@ fn acme(path: &str) -> String {
 /// The documented audit schema (docs/audit.schema.json): the test reads it, so the document
 /// and the records cannot drift apart.
 fn audit_schema() -> Value {
-    serde_json::from_str(include_str!("../docs/audit.schema.json")).expect("the audit schema is JSON")
+    serde_json::from_str(include_str!("../docs/audit.schema.json"))
+        .expect("the audit schema is JSON")
 }
 
 /// Checks one audit line against the documented schema (README, "Audit trail and metrics").
@@ -28,17 +29,27 @@ fn check_audit_line(line: &str) -> Value {
             Some("string") => val.is_string(),
             Some("integer") => val.is_u64(),
             Some("array") => val.as_array().is_some_and(|a| {
-                a.iter().all(|i| spec["items"]["enum"].as_array().is_some_and(|e| e.contains(i)))
+                a.iter().all(|i| {
+                    spec["items"]["enum"]
+                        .as_array()
+                        .is_some_and(|e| e.contains(i))
+                })
             }),
             _ => false,
         };
         assert!(ok, "field {k:?} does not match {spec}: {line}");
         if let Some(allowed) = spec["enum"].as_array() {
-            assert!(allowed.contains(val), "field {k:?} = {val} is not one of {allowed:?}");
+            assert!(
+                allowed.contains(val),
+                "field {k:?} = {val} is not one of {allowed:?}"
+            );
         }
     }
     for req in schema["required"].as_array().expect("required") {
-        assert!(obj.contains_key(req.as_str().unwrap()), "missing {req}: {line}");
+        assert!(
+            obj.contains_key(req.as_str().unwrap()),
+            "missing {req}: {line}"
+        );
     }
     assert_eq!(v["schema"], "scimgate.audit/v1");
     assert!(

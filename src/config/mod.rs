@@ -433,7 +433,9 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let gw_lines = std::cell::OnceCell::new();
     let tokens_path = resolve_against(path, &gateway.tokens_file);
     let mut at = |problems: &mut Problems, key: &str, msg: String| {
-        let line = gw_lines.get_or_init(|| LineIndex::build(&gw_src)).line_of(key);
+        let line = gw_lines
+            .get_or_init(|| LineIndex::build(&gw_src))
+            .line_of(key);
         problems.push(Problem::new(path, line, key, msg));
     };
 

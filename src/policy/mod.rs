@@ -116,8 +116,7 @@ impl Policy {
         let tokens = TokenIndex::new(cfg.tokens.tokens.iter().filter_map(|rec| {
             let tenant = tenants.iter().find(|t| *t.id == *rec.tenant)?;
             let mut entry = TokenEntry::from_record(rec, &tenant.domains, now)?;
-            let initial = entry.last_used.load(std::sync::atomic::Ordering::Relaxed);
-            entry.last_used = usage.counter(&rec.id, initial);
+            entry.last_used = usage.counter(&rec.id, rec.created_at.map(|t| t.unix()), now);
             entry.rate = limiters.slot(
                 "token",
                 &format!("token:{}", rec.id),

@@ -262,10 +262,10 @@ where
             }
             (Endpoint::Resource(ResourceType::Group), OpKind::Create | OpKind::Replace) => {
                 let body = body.ok_or(missing_body())?;
-                let members = match body.as_object().and_then(|o| get_ci(o, "members")) {
-                    Some(m) => collect_member_values(m)?,
-                    None => Vec::new(),
-                };
+                let mut members = Vec::new();
+                for m in member_lists(body) {
+                    members.extend(collect_member_values(m)?);
+                }
                 self.check_members(&members, created).await?;
                 if op.kind == OpKind::Replace && !fresh {
                     self.check_no_hidden_members(id.unwrap_or_default()).await?;
@@ -340,14 +340,19 @@ where
         while let Some(i) = rest.find("members") {
             let start = offset + i + "members".len();
             let tail = &filter[start..];
-            let id = [r#"[value eq ""#, r#".value eq ""#, r#" eq ""#]
-                .iter()
-                .find_map(|p| {
-                    let t = tail.get(..p.len())?;
-                    t.eq_ignore_ascii_case(p).then(|| &tail[p.len()..])
-                })
-                .and_then(|t| t.split_once('"'))
-                .map(|(id, _)| id);
+            // The bracket form must hold exactly one comparison: `members[value eq "id"]`.
+            let id = [
+                (r#"[value eq ""#, "]"),
+                (r#".value eq ""#, ""),
+                (r#" eq ""#, ""),
+            ]
+            .iter()
+            .find_map(|(p, close)| {
+                let t = tail.get(..p.len())?;
+                let after = &tail[p.len()..];
+                let (id, rest) = after.split_once('"')?;
+                (t.eq_ignore_ascii_case(p) && rest.starts_with(close)).then_some(id)
+            });
             match id {
                 Some(id) if !id.contains('\\') && self.visible_user(id).await? => {}
                 _ => {
@@ -414,6 +419,28 @@ fn out_of_scope(e: OutOfScope, detail: &'static str) -> GatewayError {
 
 fn missing_body() -> GatewayError {
     GatewayError::invalid_syntax("this operation needs a JSON body")
+}
+
+/// Every `members` list in a Group body, however it is spelled: `members`, `MEMBERS`,
+/// `urn:…:core:2.0:Group:members`, or nested under the Group URN.
+fn member_lists(body: &Value) -> Vec<&Value> {
+    fn walk<'a>(o: &'a serde_json::Map<String, Value>, top: bool, out: &mut Vec<&'a Value>) {
+        for (k, v) in o {
+            let bare = crate::policy::user::strip_user_urn(k).unwrap_or(k);
+            if bare.eq_ignore_ascii_case("members") {
+                out.push(v);
+            } else if top && crate::policy::user::is_user_urn(k) {
+                if let Value::Object(inner) = v {
+                    walk(inner, false, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Value::Object(o) = body {
+        walk(o, true, &mut out);
+    }
+    out
 }
 
 fn collect_member_values(v: &Value) -> Result<Vec<String>, GatewayError> {
@@ -623,6 +650,21 @@ where
             ctx.invalidate(&op);
             if users && matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch) {
                 return post_write_check(&ctx, resp).await;
+            }
+            if !users && resp.status().is_success() && !ctx.report_only {
+                // A group written back to the client shows only the members it may see.
+                let (parts, body) = resp.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                if let Ok(mut group) = serde_json::from_slice::<Value>(&bytes) {
+                    if ctx.filter_members(&mut group).await? {
+                        return Ok(json_response(parts.status, &group, Some(&parts)));
+                    }
+                }
+                return Ok(GatewayResponse::from_parts(parts, Full::new(bytes)));
             }
             Ok(resp)
         }

@@ -48,16 +48,24 @@ impl UsageStore {
         })
     }
 
-    /// The counter for token `id`, starting at the later of `initial` and what was persisted.
-    pub fn counter(&self, id: &str, initial: u64) -> Arc<AtomicU64> {
+    /// The counter for token `id`. A new counter starts at what was persisted (raised to
+    /// `created`, for an id re-issued since), else at `created`, else at `now`. An existing
+    /// counter is only ever raised by a newer `created`: a reload never renews idle time.
+    pub fn counter(&self, id: &str, created: Option<u64>, now: u64) -> Arc<AtomicU64> {
         let Ok(mut map) = self.counters.lock() else {
-            return Arc::new(AtomicU64::new(initial));
+            return Arc::new(AtomicU64::new(created.unwrap_or(now)));
         };
         let c = map.entry(id.to_owned()).or_insert_with(|| {
-            let start = self.persisted.get(id).copied().unwrap_or(0).max(initial);
+            let start = match (self.persisted.get(id).copied(), created) {
+                (Some(p), c) => p.max(c.unwrap_or(0)),
+                (None, Some(c)) => c,
+                (None, None) => now,
+            };
             Arc::new(AtomicU64::new(start))
         });
-        c.fetch_max(initial, Ordering::Relaxed);
+        if let Some(created) = created {
+            c.fetch_max(created, Ordering::Relaxed);
+        }
         c.clone()
     }
 

@@ -451,6 +451,17 @@ async fn exchange<C>(client: &Client<C, ReqBody>, req: Request<ReqBody>) -> Resu
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
+    exchange_within(client, req, REQUEST_TIMEOUT).await
+}
+
+async fn exchange_within<C>(
+    client: &Client<C, ReqBody>,
+    req: Request<ReqBody>,
+    timeout: Duration,
+) -> Result<Resp, String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let what = format!("{} {}", req.method(), req.uri());
     let fut = async {
         let resp = client
@@ -470,9 +481,9 @@ where
             body,
         })
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+    match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("{what}: no response within {REQUEST_TIMEOUT:?}")),
+        Err(_) => Err(format!("{what}: no response within {timeout:?}")),
     }
 }
 
@@ -1379,6 +1390,13 @@ impl Gateway {
     pub fn try_send(&self, req: Req) -> Result<Resp, String> {
         let req = req.into_http(&self.origin());
         rt().block_on(exchange(&self.http1, req))
+    }
+
+    /// Like [`Gateway::try_send`], waiting at most `timeout` for the response (for a request the
+    /// test holds up on purpose).
+    pub fn try_send_within(&self, req: Req, timeout: Duration) -> Result<Resp, String> {
+        let req = req.into_http(&self.origin());
+        rt().block_on(exchange_within(&self.http1, req, timeout))
     }
 
     /// Sends over a new HTTP/1.1 connection from a client that trusts only `cert_pem` (to see
