@@ -1092,7 +1092,8 @@ impl GatewayOptions {
              \x20   path_prefix: /globex/scim/v2\n\
              \x20   domains: [globex.com]\n\
              \x20   upstream: {{ url: \"{globex}\", authorization: \"Bearer ${{SCIMGATE_TEST_BACKEND}}\", timeout: {timeout} }}\n\
-             tokens_file: tokens.yaml\n",
+             tokens_file: tokens.yaml\n\
+             audit: {{ sink: file, path: audit.log }}\n",
             max_body = self.max_body_bytes,
             grace = self.shutdown_grace,
             acme = self.acme_upstream,
@@ -1308,6 +1309,9 @@ pub fn describe(out: &Output) -> String {
 
 /// A running `scimgate serve`.
 pub struct Gateway {
+    /// Checks every audit record this gateway wrote when the test ends. First, so it runs
+    /// before `setup` (and its directory) is dropped.
+    _audit: AuditCheck,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub setup: Setup,
@@ -1316,6 +1320,111 @@ pub struct Gateway {
     http1: HttpsClient,
     alpn: HttpsClient,
     plain: PlainClient,
+}
+
+/// On drop (unless the test is already failing), checks every complete line of a gateway's
+/// audit log against docs/audit.schema.json and verifies the hash chain: every record the
+/// end-to-end suite produces is checked.
+pub struct AuditCheck(pub PathBuf);
+
+impl Drop for AuditCheck {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let text = std::fs::read_to_string(&self.0)
+            .unwrap_or_else(|e| panic!("{}: no audit log ({e})", self.0.display()));
+        // The writer may be mid-line: only complete lines count.
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        for line in complete.lines() {
+            check_audit_line(line);
+        }
+        if let Err(e) = scimgate::audit::verify(complete) {
+            panic!("{}: {e}", self.0.display());
+        }
+    }
+}
+
+/// The documented audit schema (docs/audit.schema.json).
+pub fn audit_schema() -> &'static Value {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        serde_json::from_str(include_str!("../../docs/audit.schema.json"))
+            .expect("the audit schema is JSON")
+    })
+}
+
+/// Checks one audit line against the documented schema; returns it parsed.
+#[track_caller]
+pub fn check_audit_line(line: &str) -> Value {
+    let schema = audit_schema();
+    let v: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {line}"));
+    let obj = v.as_object().expect("an audit record is an object");
+    for (k, val) in obj {
+        let spec = &schema["properties"][k];
+        assert!(spec.is_object(), "undocumented audit field {k:?} in {line}");
+        let ok = match spec["type"].as_str() {
+            Some("string") => val.is_string(),
+            Some("integer") => val.is_u64(),
+            Some("array") => val.as_array().is_some_and(|a| {
+                a.iter().all(|i| {
+                    spec["items"]["enum"]
+                        .as_array()
+                        .is_some_and(|e| e.contains(i))
+                })
+            }),
+            _ => false,
+        };
+        assert!(ok, "audit field {k:?} does not match {spec}: {line}");
+        if let Some(allowed) = spec["enum"].as_array() {
+            assert!(
+                allowed.contains(val),
+                "audit field {k:?} = {val} is not one of {allowed:?}"
+            );
+        }
+        if let Some(c) = spec.get("const") {
+            assert_eq!(val, c, "audit field {k:?}");
+        }
+    }
+    for req in schema["required"].as_array().expect("required") {
+        assert!(
+            obj.contains_key(req.as_str().unwrap_or("")),
+            "audit record without {req}: {line}"
+        );
+    }
+    let required_for = |kind: &str| -> Vec<String> {
+        schema["allOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["if"]["properties"]["kind"]["const"] == kind)
+            .and_then(|c| c["then"]["required"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for f in required_for(v["kind"].as_str().unwrap_or("")) {
+        assert!(
+            obj.contains_key(&f),
+            "{} record without {f}: {line}",
+            v["kind"]
+        );
+    }
+    let prev = v["prev"].as_str().unwrap_or("");
+    assert!(
+        prev.len() == 64 && prev.bytes().all(|b| b.is_ascii_hexdigit()),
+        "bad prev: {line}"
+    );
+    humantime::parse_rfc3339(v["time"].as_str().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("bad time ({e}): {line}"));
+    v
 }
 
 impl Gateway {
@@ -1359,6 +1468,7 @@ impl Gateway {
                 https_client(&setup.cert_pem, Alpn::Both),
             )
         };
+        let audit = AuditCheck(setup.dir.path().join("audit.log"));
         Gateway {
             addr,
             admin_addr,
@@ -1368,6 +1478,7 @@ impl Gateway {
             http1,
             alpn,
             plain: plain_client(),
+            _audit: audit,
         }
     }
 
