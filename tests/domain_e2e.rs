@@ -1539,3 +1539,105 @@ fn report_only_lets_domain_refusals_through_and_logs_would_deny() {
     assert_denied("duplicate keys", &r, &log, 400, "invalid_body");
     assert_eq!(users(&backend), before);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions from the adversarial review (each was a confirmed bypass against scim2-server)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn patch_paths_the_backend_reads_more_loosely_are_refused() {
+    let (backend, setup) = backend_and_setup(|_| {});
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let frank = seed(&backend, "frank", &["frank@acme.com"]);
+    let eve = seed(&backend, "eve@evil.com", &["eve@evil.com"]);
+    let bob = seed(&backend, "bob@acme.com", &["bob@acme.com"]);
+    let g = seed_group(&backend, "mixed", &[&bob, &eve]);
+    let users_before = backend.state("acme", "Users");
+    let groups_before = groups(&backend);
+    let uri = acme(&format!("/Users/{frank}"));
+    for op in [
+        json!({"op": "replace", "path": "emails pr", "value": {"value": "victim@evil.com"}}),
+        json!({"op": "replace", "path": "emails [type eq \"work\"]", "value": {"value": "victim@evil.com"}}),
+        json!({"op": "replace", "path": "emails eq \"frank@acme.com\"", "value": {"value": "victim@evil.com"}}),
+        json!({"op": "add", "path": "emails [value pr]", "value": {"value": "victim@evil.com"}}),
+        json!({"op": "remove", "path": "emails pr"}),
+        json!({"op": "replace", "path": "user_name", "value": "cfo@evil.com"}),
+        json!({"op": "replace", "value": {"user_name": "cto@evil.com"}}),
+    ] {
+        let r = gw.send(Req::patch(&uri, &patch_body(json!([op]))).bearer(&token));
+        assert_scim_error(&r, 400);
+        assert_eq!(backend.state("acme", "Users"), users_before, "{op}");
+    }
+    // Creating or replacing with an alias the backend accepts is refused too.
+    let body = json!({"schemas": [USER_SCHEMA], "user_name": "ceo@evil.com", "emails": [{"value": "mallory@acme.com"}]});
+    assert_scim_error(
+        &gw.send(Req::post(&acme("/Users"), &body).bearer(&token)),
+        400,
+    );
+    assert_scim_error(&gw.send(Req::put(&uri, &body).bearer(&token)), 400);
+    assert_eq!(backend.state("acme", "Users"), users_before);
+    // Group members cannot be removed or wiped through loose paths either.
+    let guri = acme(&format!("/Groups/{g}"));
+    for op in [
+        json!({"op": "remove", "path": format!("members eq \"{eve}\"")}),
+        json!({"op": "remove", "path": format!("members [value eq \"{eve}\"]")}),
+        json!({"op": "remove", "path": "members pr"}),
+    ] {
+        let r = gw.send(Req::patch(&guri, &patch_body(json!([op]))).bearer(&token));
+        assert_scim_error(&r, 400);
+        assert_eq!(groups(&backend), groups_before, "{op}");
+    }
+}
+
+#[test]
+fn a_conditional_get_tells_nothing_about_a_hidden_user() {
+    let (backend, setup) = backend_and_setup(|_| {});
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let eve = seed(&backend, "eve@evil.com", &["eve@evil.com"]);
+    let missing = acme("/Users/0123456789abcdef0123456789abcdef");
+    for (name, value) in [("if-none-match", "*"), ("if-match", "\"x\"")] {
+        let hidden = gw.send(
+            Req::get(&acme(&format!("/Users/{eve}")))
+                .bearer(&token)
+                .header(name, value),
+        );
+        let absent = gw.send(Req::get(&missing).bearer(&token).header(name, value));
+        let h = assert_scim_error(&hidden, 404);
+        let a = assert_scim_error(&absent, 404);
+        assert_eq!(h, a, "{name}: a hidden user differs from a missing one");
+    }
+}
+
+#[test]
+fn a_user_who_left_the_scope_cannot_be_changed_from_a_stale_cache() {
+    let (backend, setup) = backend_and_setup(|_| {});
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let carol = seed(&backend, "carol@acme.com", &["carol@acme.com"]);
+    let g = seed_group(&backend, "team", &[&carol]);
+    // Reading the group caches carol as visible.
+    gw.send(Req::get(&acme(&format!("/Groups/{g}"))).bearer(&token))
+        .expect(200);
+    // The directory moves carol out of acme.com behind the gateway's back.
+    let moved = backend.send(Req::put(
+        &format!("/acme/v2/Users/{carol}"),
+        &user_with("carol@evil.com", &["carol@evil.com"]),
+    ));
+    assert!(moved.status.is_success(), "{moved:?}");
+    let before = backend.state("acme", "Users");
+    let r = gw.send(
+        Req::patch(
+            &acme(&format!("/Users/{carol}")),
+            &patch_body(json!([{"op": "replace", "path": "displayName", "value": "pwned"}])),
+        )
+        .bearer(&token),
+    );
+    assert_scim_error(&r, 404);
+    assert_scim_error(
+        &gw.send(Req::delete(&acme(&format!("/Users/{carol}"))).bearer(&token)),
+        404,
+    );
+    assert_eq!(backend.state("acme", "Users"), before);
+}

@@ -15,8 +15,15 @@ fn is_attr(name: &str, attr: &str) -> bool {
         .eq_ignore_ascii_case(attr)
 }
 
+/// Whether a value for `active` is anything but an unmistakable true: backends read `"false"`,
+/// `0` or `"off"` as false, so all of them count against the cap.
+fn not_true(v: &Value) -> bool {
+    !matches!(v, Value::Bool(true))
+        && !matches!(v, Value::String(s) if s.eq_ignore_ascii_case("true"))
+}
+
 fn sets_inactive(key: &str, v: &Value) -> bool {
-    (is_attr(key, "active") && *v == Value::Bool(false))
+    (is_attr(key, "active") && not_true(v))
         || (is_user_urn(key)
             && v.as_object()
                 .is_some_and(|o| o.iter().any(|(k, v)| sets_inactive(k, v))))

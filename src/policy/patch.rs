@@ -91,40 +91,54 @@ pub struct AttrPath<'a> {
 /// Parses a PATCH path, with or without the core User URN. Extension URNs parse to their
 /// attribute name after the URN's last `:` (they never name core address attributes).
 pub fn parse_path(path: &str) -> Result<AttrPath<'_>, String> {
-    let p = path.trim();
-    let p = strip_user_urn(p).unwrap_or(p);
-    let p = if p.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("urn:")) {
-        // An extension attribute (`urn:…:enterprise:2.0:User:manager.value`): not a core
-        // address attribute whatever follows, but keep its last segment for the record.
-        return Ok(AttrPath {
-            attr: "",
-            filter: None,
-            sub: Some(p),
-        });
-    } else {
-        p
+    let invalid = || {
+        format!("invalid path {path:?}: the gateway reads only attr, attr.sub, attr[filter] and attr[filter].sub")
     };
+    let p = strip_user_urn(path).unwrap_or(path);
+    if p.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("urn:")) {
+        // An extension attribute (`urn:…:enterprise:2.0:User:manager.value`): never a core
+        // address attribute, provided it is written plainly (no spaces, brackets or quotes
+        // another parser might read differently).
+        let plain = p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-' | b'$'));
+        return if plain {
+            Ok(AttrPath {
+                attr: "",
+                filter: None,
+                sub: Some(p),
+            })
+        } else {
+            Err(invalid())
+        };
+    }
     let end = p.find(['.', '[']).unwrap_or(p.len());
     let attr = &p[..end];
-    if attr.is_empty() {
-        return Err(format!("invalid path {path:?}"));
+    if !is_attr_name(attr) {
+        return Err(invalid());
     }
     let rest = &p[end..];
     let (filter, rest) = if let Some(r) = rest.strip_prefix('[') {
-        let close = r
-            .rfind(']')
-            .ok_or_else(|| format!("unbalanced '[' in path {path:?}"))?;
+        let close = r.rfind(']').ok_or_else(invalid)?;
         (Some(&r[..close]), &r[close + 1..])
     } else {
         (None, rest)
     };
     let sub = match rest.strip_prefix('.') {
-        Some(s) if !s.is_empty() && !s.contains(['.', '[', ']']) => Some(s),
-        Some(_) => return Err(format!("invalid sub-attribute in path {path:?}")),
+        Some(s) if is_attr_name(s) => Some(s),
+        Some(_) => return Err(invalid()),
         None if rest.is_empty() => None,
-        None => return Err(format!("invalid path {path:?}")),
+        None => return Err(invalid()),
     };
     Ok(AttrPath { attr, filter, sub })
+}
+
+/// RFC 7643 §2.1 ATTRNAME: `ALPHA *(nameChar)`, nameChar = `-` / `_` / DIGIT / ALPHA (and `$`
+/// for `$ref`). Anything else — spaces, operators, quotes — is refused, not guessed at.
+pub fn is_attr_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'$')
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
 }
 
 /// One email entry of the simulated user.
@@ -269,6 +283,9 @@ impl Sim {
             return Ok(());
         };
         let p = parse_path(path)?;
+        if !p.attr.is_empty() && !super::user::allowed_attr(p.attr, super::user::USER_ATTRS) {
+            return Err(format!("unknown attribute {:?} in path {path:?}", p.attr));
+        }
         let attr = match address_attr(p.attr) {
             Some(a) => a,
             None => return Ok(()),
@@ -339,6 +356,16 @@ impl Sim {
             return Ok(());
         }
         let v = value.ok_or("add and replace need a value")?;
+        // Some backends create the entry a filter names when none matches (Entra's
+        // `emails[value eq "x"].type`): every address-like literal in the filter counts as
+        // written.
+        if let Some(f) = p.filter {
+            for lit in f.split('"').skip(1).step_by(2) {
+                if lit.contains(['@', '\u{FF20}', '\u{FE6B}']) {
+                    self.written.values.push(lit.to_owned());
+                }
+            }
+        }
         match (&sub, p.filter) {
             (None, None) => {
                 self.write(v, AddressAttr::Emails);
@@ -488,6 +515,9 @@ fn member_op(
         return Ok(());
     };
     let p = parse_path(path)?;
+    if !p.attr.is_empty() && !super::user::allowed_attr(p.attr, super::user::GROUP_ATTRS) {
+        return Err(format!("unknown attribute {:?} in path {path:?}", p.attr));
+    }
     if !p.attr.eq_ignore_ascii_case("members") {
         return Ok(());
     }

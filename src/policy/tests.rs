@@ -2319,3 +2319,110 @@ fn bulk_and_page_limits() {
     assert_eq!(query::DEFAULT_PAGE, 100);
     assert_eq!(query::MAX_PAGE, 1000);
 }
+
+// --- Findings of the adversarial review -------------------------------------------------------
+
+#[test]
+fn patch_paths_outside_the_grammar_are_refused_not_guessed() {
+    use crate::policy::patch::{judge_user_patch, parse_path, PatchDenial};
+    for bad in [
+        "emails pr",
+        "emails [type eq \"work\"]",
+        "emails eq \"m@acme.com\"",
+        "urn:ietf:params:scim:schemas:core:2.0:User:emails [type eq \"work\"].value",
+        "emails [value pr]",
+        " emails",
+        "emails ",
+        "emails.value pr",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User manager",
+    ] {
+        assert!(parse_path(bad).is_err(), "{bad:?} parsed");
+    }
+    let domains =
+        crate::policy::domain::DomainSet::new(vec![crate::policy::domain::DomainPattern::parse(
+            "acme.com",
+        )
+        .unwrap()]);
+    let policy = crate::policy::user::DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
+    let stored = serde_json::json!({"userName": "frank", "emails": [{"value": "frank@acme.com", "type": "work"}]});
+    for (path, value) in [
+        ("emails pr", serde_json::json!({"value": "victim@evil.com"})),
+        ("user_name", serde_json::json!("cfo@evil.com")),
+        (
+            "urn:ietf:params:scim:schemas:core:2.0:User:user_name",
+            serde_json::json!("cfo@evil.com"),
+        ),
+    ] {
+        let body =
+            serde_json::json!({"Operations": [{"op": "replace", "path": path, "value": value}]});
+        assert!(
+            matches!(
+                judge_user_patch(&stored, &body, &policy),
+                Err(PatchDenial::Invalid(_))
+            ),
+            "{path}"
+        );
+    }
+    let body = serde_json::json!({"Operations": [{"op": "replace", "value": {"user_name": "cto@evil.com"}}]});
+    assert!(matches!(
+        judge_user_patch(&stored, &body, &policy),
+        Err(PatchDenial::Invalid(_))
+    ));
+    // A filter literal some backends turn into a new entry counts as written.
+    let body = serde_json::json!({"Operations": [{"op": "replace", "path": "emails[value eq \"ceo@evil.com\"].type", "value": "work"}]});
+    assert!(matches!(
+        judge_user_patch(&stored, &body, &policy),
+        Err(PatchDenial::OutOfScope(_))
+    ));
+    let body = serde_json::json!({"Operations": [{"op": "replace", "path": "emails[value eq \"frank@acme.com\"].type", "value": "home"}]});
+    assert_eq!(judge_user_patch(&stored, &body, &policy), Ok(()));
+}
+
+#[test]
+fn lax_false_values_count_as_deactivations() {
+    use crate::policy::blast::classify;
+    use crate::policy::route::{classify as route, normalize_path};
+    let op = route(&http::Method::PATCH, &normalize_path("/Users/1").unwrap()).unwrap();
+    for v in [
+        serde_json::json!(false),
+        serde_json::json!("false"),
+        serde_json::json!(0),
+        serde_json::json!("off"),
+    ] {
+        let body =
+            serde_json::json!({"Operations": [{"op": "replace", "path": "active", "value": v}]});
+        assert_eq!(
+            classify(&op, Some(&body)),
+            Some(crate::ratelimit::Blast::Deactivate),
+            "{v}"
+        );
+    }
+    let body =
+        serde_json::json!({"Operations": [{"op": "replace", "path": "active", "value": true}]});
+    assert_eq!(classify(&op, Some(&body)), None);
+}
+
+#[test]
+fn resource_bodies_may_only_name_core_attributes_or_extensions() {
+    use crate::policy::user::{check_attribute_names, GROUP_ATTRS, USER_ATTRS};
+    let ok = serde_json::json!({"schemas": [], "UserName": "a@acme.com", "EMAILS": [], "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {}}});
+    assert!(check_attribute_names(&ok, USER_ATTRS).is_ok());
+    for bad in [
+        serde_json::json!({"user_name": "x@evil.com"}),
+        serde_json::json!({"urn:ietf:params:scim:schemas:core:2.0:User:user_name": "x"}),
+        serde_json::json!({"urn:ietf:params:scim:schemas:core:2.0:User": {"user_name": "x"}}),
+        serde_json::json!({"urn:bad urn": 1}),
+        serde_json::json!([]),
+    ] {
+        assert!(check_attribute_names(&bad, USER_ATTRS).is_err(), "{bad}");
+    }
+    assert!(check_attribute_names(
+        &serde_json::json!({"displayName": "g", "members": []}),
+        GROUP_ATTRS
+    )
+    .is_ok());
+    assert!(check_attribute_names(&serde_json::json!({"member": []}), GROUP_ATTRS).is_err());
+}

@@ -194,3 +194,85 @@ impl DomainPolicy<'_> {
         self.judge(&user_addresses(user))
     }
 }
+
+/// The core User attributes (RFC 7643 §4.1), lower-cased. Domain-scoped tokens may write no
+/// other name outside a schema-URN extension: a backend that also accepts aliases (pydantic's
+/// `user_name`, say) would otherwise store an address the gateway never saw.
+pub const USER_ATTRS: &[&str] = &[
+    "schemas",
+    "id",
+    "externalid",
+    "meta",
+    "username",
+    "name",
+    "displayname",
+    "nickname",
+    "profileurl",
+    "title",
+    "usertype",
+    "preferredlanguage",
+    "locale",
+    "timezone",
+    "active",
+    "password",
+    "emails",
+    "phonenumbers",
+    "ims",
+    "photos",
+    "addresses",
+    "groups",
+    "entitlements",
+    "roles",
+    "x509certificates",
+];
+
+/// The core Group attributes (RFC 7643 §4.2), lower-cased.
+pub const GROUP_ATTRS: &[&str] = &[
+    "schemas",
+    "id",
+    "externalid",
+    "meta",
+    "displayname",
+    "members",
+];
+
+/// Whether an attribute name (bare or core-URN-qualified) is allowed: a listed core attribute,
+/// or an extension schema URN written plainly.
+pub fn allowed_attr(name: &str, allowed: &[&str]) -> bool {
+    if let Some(bare) = strip_user_urn(name) {
+        return allowed.iter().any(|a| a.eq_ignore_ascii_case(bare));
+    }
+    if name
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+    {
+        return name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'));
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Refuses a resource body with a top-level name outside `allowed` (the core schema URN's own
+/// object is checked the same way).
+pub fn check_attribute_names(body: &Value, allowed: &[&str]) -> Result<(), String> {
+    let Value::Object(o) = body else {
+        return Err("the body must be a JSON object".into());
+    };
+    for (k, v) in o {
+        if is_user_urn(k) {
+            let Value::Object(inner) = v else {
+                return Err(format!("{k:?} must hold an object"));
+            };
+            if let Some(bad) = inner
+                .keys()
+                .find(|k| !allowed.iter().any(|a| a.eq_ignore_ascii_case(k)))
+            {
+                return Err(format!("unknown attribute {bad:?}"));
+            }
+        } else if !allowed_attr(k, allowed) {
+            return Err(format!("unknown attribute {k:?}"));
+        }
+    }
+    Ok(())
+}

@@ -98,7 +98,11 @@ where
             .and_then(|v| v.parse::<u64>().ok());
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            if method == Method::HEAD {
+                // A HEAD answer carries no body (HTTP/2 resets a stream that sends one).
+                *resp.body_mut() = http_body_util::Full::new(bytes::Bytes::new());
+            }
             let status = resp.status().as_u16();
             let bytes_out = http_body::Body::size_hint(resp.body()).exact();
             let elapsed = start.elapsed();

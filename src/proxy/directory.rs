@@ -150,19 +150,23 @@ fn get_op(rt: ResourceType, id: &str) -> Operation {
     }
 }
 
-/// The stored user with `id`, or `None` when the backend has none.
+/// The stored user with `id`, or `None` when the backend has none. `fresh` skips the cache
+/// (write decisions); the answer refreshes it either way.
 pub async fn user<S>(
     dir: &Directory,
     inner: &S,
     origin: &Origin,
     id: &str,
+    fresh: bool,
 ) -> Result<Option<Arc<Value>>, BoxError>
 where
     S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
 {
     let key = (origin.tenant.id.clone(), Box::<str>::from(id));
-    if let Some(v) = dir.users.get(&key) {
-        return Ok(Some(v));
+    if !fresh {
+        if let Some(v) = dir.users.get(&key) {
+            return Ok(Some(v));
+        }
     }
     let resp = call(
         inner,

@@ -18,7 +18,9 @@ use crate::policy::patch::{group_member_changes, judge_user_patch, PatchDenial};
 use crate::policy::query::{list_resources, list_response, strip_attrs, ScimQuery};
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
-use crate::policy::user::{get_ci, AddressAttr, DomainPolicy, OutOfScope};
+use crate::policy::user::{
+    check_attribute_names, get_ci, AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS, USER_ATTRS,
+};
 use crate::scim::error::GatewayError;
 use crate::scim::json::{parse_strict, MAX_DEPTH};
 use crate::token::TokenEntry;
@@ -140,7 +142,9 @@ where
 
     /// The stored user `id` if it is in scope; otherwise the same 404 a missing user gets.
     async fn owned_user(&self, id: &str) -> Result<Option<Arc<Value>>, BoxError> {
-        let user = directory::user(&self.dir, &self.inner, &self.origin, id).await?;
+        // Writes are judged on the stored user as it is now, never on a cached copy: a user
+        // who left the scope a moment ago must not be changed.
+        let user = directory::user(&self.dir, &self.inner, &self.origin, id, true).await?;
         let visible = match &user {
             Some(u) => self.policy().judge_user(u).map_err(|e| e.reason()),
             None => Err("resource_missing"),
@@ -157,7 +161,7 @@ where
     /// Whether `id` names a user this token may see.
     async fn visible_user(&self, id: &str) -> Result<bool, BoxError> {
         Ok(
-            match directory::user(&self.dir, &self.inner, &self.origin, id).await? {
+            match directory::user(&self.dir, &self.inner, &self.origin, id, false).await? {
                 Some(u) => self.policy().judge_user(&u).is_ok(),
                 None => false,
             },
@@ -222,13 +226,17 @@ where
         let fresh = id.is_some_and(|i| created.contains(i));
         match (op.endpoint, op.kind) {
             (Endpoint::Resource(ResourceType::User), OpKind::Create) => {
-                self.judge_new_user(body.ok_or(missing_body())?)?;
+                let body = body.ok_or(missing_body())?;
+                check_attribute_names(body, USER_ATTRS).map_err(unknown_attribute)?;
+                self.judge_new_user(body)?;
             }
             (Endpoint::Resource(ResourceType::User), OpKind::Replace) => {
+                let body = body.ok_or(missing_body())?;
+                check_attribute_names(body, USER_ATTRS).map_err(unknown_attribute)?;
                 if !fresh {
                     self.owned_user(id.unwrap_or_default()).await?;
                 }
-                self.judge_new_user(body.ok_or(missing_body())?)?;
+                self.judge_new_user(body)?;
             }
             (Endpoint::Resource(ResourceType::User), OpKind::Patch) => {
                 let body = body.ok_or(missing_body())?;
@@ -262,6 +270,7 @@ where
             }
             (Endpoint::Resource(ResourceType::Group), OpKind::Create | OpKind::Replace) => {
                 let body = body.ok_or(missing_body())?;
+                check_attribute_names(body, GROUP_ATTRS).map_err(unknown_attribute)?;
                 let mut members = Vec::new();
                 for m in member_lists(body) {
                     members.extend(collect_member_values(m)?);
@@ -415,6 +424,14 @@ where
 
 fn out_of_scope(e: OutOfScope, detail: &'static str) -> GatewayError {
     GatewayError::forbidden(e.reason(), detail)
+}
+
+fn unknown_attribute(detail: String) -> GatewayError {
+    GatewayError::BadRequest {
+        reason: "unknown_attribute",
+        scim_type: Some("invalidSyntax"),
+        detail: detail.into(),
+    }
 }
 
 fn missing_body() -> GatewayError {
@@ -670,9 +687,21 @@ where
         }
         (Endpoint::Resource(ResourceType::User), OpKind::Get) => {
             let q = query;
+            // A conditional GET answers 304 or 412 before the gateway can judge the user, which
+            // would tell a hidden user from a missing one: the conditions are not forwarded.
+            for h in [
+                http::header::IF_MATCH,
+                http::header::IF_NONE_MATCH,
+                http::header::IF_MODIFIED_SINCE,
+                http::header::IF_UNMODIFIED_SINCE,
+                http::header::IF_RANGE,
+            ] {
+                req.headers_mut().remove(h);
+            }
             let resp = ctx.forward(req).await?;
-            if resp.status() == StatusCode::NOT_FOUND && !ctx.report_only {
-                // A missing user reads exactly like a hidden one.
+            let status = resp.status();
+            if status != StatusCode::OK && !status.is_server_error() && !ctx.report_only {
+                // Whatever else the backend says about this id reads exactly like a missing user.
                 return Err(GatewayError::Hidden {
                     reason: "resource_missing",
                 }
