@@ -101,7 +101,10 @@ impl Audit {
     pub fn start(cfg: &AuditSection, base_dir: &Path) -> Result<Option<Audit>, String> {
         let writer: Box<dyn LineWriter> = match cfg.sink {
             AuditSink::None => return Ok(None),
-            AuditSink::Stdout => Box::new(std::io::stdout()),
+            AuditSink::Stdout => Box::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )),
             AuditSink::File => {
                 let path = base_dir.join(cfg.path.as_deref().unwrap_or(Path::new("audit.log")));
                 Box::new(RotatingFile::open(path, cfg.max_bytes, cfg.keep)?)
@@ -126,23 +129,27 @@ impl Audit {
     }
 }
 
+/// A sink for audit lines. Lines are buffered and flushed whenever the queue runs dry, so a
+/// busy gateway writes batches, and an idle one has nothing left in memory.
 trait LineWriter: Send {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
 }
 
-impl LineWriter for std::io::Stdout {
+impl LineWriter for std::io::BufWriter<std::io::Stdout> {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
-        let mut l = self.lock();
-        l.write_all(line)?;
-        l.write_all(b"\n")?;
-        l.flush()
+        self.write_all(line)?;
+        self.write_all(b"\n")
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Write::flush(self)
     }
 }
 
 /// A file rotated by size: `audit.log` → `audit.log.1` → … → `audit.log.<keep>`.
 struct RotatingFile {
     path: PathBuf,
-    file: std::fs::File,
+    file: std::io::BufWriter<std::fs::File>,
     size: u64,
     max_bytes: u64,
     keep: u32,
@@ -161,7 +168,7 @@ impl RotatingFile {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(RotatingFile {
             path,
-            file,
+            file: std::io::BufWriter::with_capacity(64 * 1024, file),
             size,
             max_bytes,
             keep,
@@ -173,11 +180,15 @@ impl RotatingFile {
         for i in (1..self.keep).rev() {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
+        self.file.flush()?;
         std::fs::rename(&self.path, name(1))?;
-        self.file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
         self.size = 0;
         Ok(())
     }
@@ -193,25 +204,36 @@ impl LineWriter for RotatingFile {
         self.size += line.len() as u64 + 1;
         Ok(())
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn write_loop(mut rx: mpsc::Receiver<Record>, mut out: Box<dyn LineWriter>, mut prev: String) {
-    while let Some(record) = rx.blocking_recv() {
-        let line = Line {
-            schema: SCHEMA,
-            time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-            record: &record,
-            prev: &prev,
-        };
-        let Ok(bytes) = serde_json::to_vec(&line) else {
-            continue;
-        };
-        if let Err(e) = out.write_line(&bytes) {
-            tracing::error!(error = %e, "cannot write the audit log");
-            continue;
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(record) = next {
+            let line = Line {
+                schema: SCHEMA,
+                time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                record: &record,
+                prev: &prev,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&line) {
+                match out.write_line(&bytes) {
+                    Ok(()) => {
+                        crate::metrics::METRICS.audit_records.inc();
+                        prev = hex::encode(Sha256::digest(&bytes));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot write the audit log"),
+                }
+            }
+            next = rx.try_recv().ok();
         }
-        crate::metrics::METRICS.audit_records.inc();
-        prev = hex::encode(Sha256::digest(&bytes));
+        // The queue ran dry: everything received so far reaches the sink now.
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
     }
 }
 

@@ -150,7 +150,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(a) => {
-            crate::telemetry::init();
+            let _log = crate::telemetry::init();
             let cfg = config::load(&a.config).map_err(|p| p.to_string())?;
             runtime()?.block_on(crate::server::serve(a.config.clone(), cfg))
         }
@@ -170,7 +170,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Demo { listen } => {
-            crate::telemetry::init();
+            let _log = crate::telemetry::init();
             runtime()?.block_on(crate::demo::run(listen))
         }
     }

@@ -1,0 +1,596 @@
+#!/usr/bin/env bash
+# Load benchmark: what scimgate enforcing its full policy costs, next to nginx and HAProxy doing
+# plain TLS proxying, in front of one fast static SCIM backend, on the same machine in one run.
+#
+#   benches/load.sh                     # DURATION=10 WARMUP=2 by default (about 4 minutes)
+#   DURATION=5 benches/load.sh          # shorter
+#
+# Everything listens on loopback only. Each server gets its own generated configuration
+# (templates in benches/load/) in a temporary directory; every process started here is stopped
+# by its pid on exit, Ctrl-C and failure included.
+#
+# Targets: the backend itself over plain HTTP (the ceiling), nginx and HAProxy terminating TLS
+# and proxying, scimgate terminating TLS and enforcing token, tenant, scope and email-domain
+# policy on requests and responses (rate limits set high enough never to trigger).
+# Scenarios: GET /Users/{id}, GET /Users?filter=..., POST /Users, PATCH /Users/{id}, each
+# measured with `wrk -t1 -c$CONNECTIONS -d$DURATION` after a $WARMUP-second warm-up.
+#
+# The report (markdown) is printed and written to benches/results/load-<timestamp>.md and
+# benches/results/latest.md.
+#
+# Environment: DURATION (s, default 10), WARMUP (s, default 2), CONNECTIONS (default 32),
+# PROXY_WORKERS (nginx workers / HAProxy threads, default: nproc), BACKEND_WORKERS (default 1),
+# ACCESS_LOGS (on|off, default on: every proxy writes one access-log line per request to a file,
+# as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory).
+
+set -euo pipefail
+shopt -u patsub_replacement 2>/dev/null || true # '&' in a ${x//a/b} replacement stays literal
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOAD_DIR=$ROOT/benches/load
+RESULTS_DIR=$ROOT/benches/results
+BIN=$ROOT/target/release/scimgate
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+PROXY_WORKERS=${PROXY_WORKERS:-$(nproc)}
+BACKEND_WORKERS=${BACKEND_WORKERS:-1}
+ACCESS_LOGS=${ACCESS_LOGS:-on}
+KEEP_TMP=${KEEP_TMP:-0}
+
+TARGETS=(backend nginx haproxy scimgate)
+SCENARIOS=(get list post patch)
+USER_ID=2819c223-7f76-453a-919d-413861904646
+FILTER_QUERY='filter=userName%20eq%20%22ada%40acme.com%22'
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() {
+    printf '[load] error: %s\n' "$*" >&2
+    exit 1
+}
+
+for v in DURATION WARMUP CONNECTIONS PROXY_WORKERS BACKEND_WORKERS; do
+    [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
+done
+[[ $ACCESS_LOGS == on || $ACCESS_LOGS == off ]] || die "ACCESS_LOGS must be on or off"
+
+# ---------------------------------------------------------------------------------------------
+# Tools and the binary
+
+ensure_tools() {
+    local missing=() cmd
+    for cmd in nginx haproxy wrk; do
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+    done
+    if ((${#missing[@]})); then
+        [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+        log "installing ${missing[*]} with apt-get"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+    for cmd in nginx haproxy wrk openssl curl; do
+        command -v "$cmd" >/dev/null 2>&1 || die "$cmd is not installed"
+    done
+}
+
+ensure_binary() {
+    local newer=""
+    if [[ -x $BIN ]]; then
+        newer=$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit)
+    fi
+    if [[ ! -x $BIN || -n $newer ]]; then
+        log "building target/release/scimgate (cargo build --release)"
+        (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    fi
+}
+
+ensure_tools
+ensure_binary
+
+# ---------------------------------------------------------------------------------------------
+# Processes, cleanup
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/scimgate-load.XXXXXX")
+chmod 755 "$TMP" # nginx workers run as an unprivileged user and need their temp paths
+PIDS=()
+PID_NAMES=()
+declare -A PID_OF=()
+
+cleanup() {
+    local rc=$? i pid n
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${PIDS[i]}
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((n = 0; n < 50; n++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "${PID_NAMES[i]} (pid $pid) ignored SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP_TMP == 1 ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME OUTFILE ERRFILE COMMAND...: runs COMMAND in the background, records its pid.
+start() {
+    local name=$1 outfile=$2 errfile=$3
+    shift 3
+    "$@" >"$outfile" 2>"$errfile" &
+    PIDS+=("$!")
+    PID_NAMES+=("$name")
+    PID_OF[$name]=$!
+}
+
+alive_or_die() {
+    local name=$1 logfile=$2
+    if ! kill -0 "${PID_OF[$name]}" 2>/dev/null; then
+        tail -n 20 "$logfile" >&2 || true
+        die "$name exited during start-up (log above: $logfile)"
+    fi
+}
+
+# wait_status NAME LOGFILE URL STATUS: polls URL (bounded, 20 s) until it answers STATUS.
+wait_status() {
+    local name=$1 logfile=$2 url=$3 want=$4 got="" n
+    for ((n = 0; n < 200; n++)); do
+        alive_or_die "$name" "$logfile"
+        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 --cacert "$TLS_DIR/cert.pem" \
+            "$url" || true)
+        [[ $got == "$want" ]] && return 0
+        sleep 0.1
+    done
+    tail -n 20 "$logfile" >&2 || true
+    die "$name not ready after 20 s: $url answered '$got', expected $want"
+}
+
+USED_PORTS=" "
+# free_port VAR: sets VAR to a loopback port nothing uses, below the ephemeral range (so no
+# outgoing connection holds it), and different from the ones picked before.
+free_port() {
+    local var=$1 p n low
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range || low=32768
+    ((low > 11000)) || low=32768
+    for ((n = 0; n < 200; n++)); do
+        p=$((10000 + RANDOM % (low - 10000)))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if command -v ss >/dev/null 2>&1; then
+            [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] || continue
+        elif (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            continue
+        fi
+        USED_PORTS+="$p "
+        printf -v "$var" '%s' "$p"
+        return 0
+    done
+    die "no free loopback port found"
+}
+
+# render TEMPLATE OUT NAME=VALUE...: replaces every @NAME@ in TEMPLATE.
+render() {
+    local tmpl=$1 out=$2 text kv
+    shift 2
+    text=$(<"$tmpl")
+    for kv in "$@"; do
+        text=${text//@${kv%%=*}@/${kv#*=}}
+    done
+    [[ ! $text =~ @[A-Z_]+@ ]] || die "unfilled placeholder in $tmpl: $(grep -o '@[A-Z_]*@' <<<"$text" | head -n1)"
+    printf '%s\n' "$text" >"$out"
+}
+
+# A JSON text as an nginx single-quoted string body ('$' through the $dollar variable).
+nginx_quote() {
+    local s=$1
+    s=${s//\\/\\\\}
+    s=${s//\'/\\\'}
+    s=${s//\$/\$\{dollar\}}
+    printf '%s' "$s"
+}
+
+# CPU time (clock ticks) used so far by a process and its direct children (nginx workers).
+cpu_ticks() {
+    local pid=$1 total=0 p stat rest child
+    local -a f
+    for p in "$pid" $(pgrep -P "$pid" || true); do
+        stat=$(<"/proc/$p/stat") 2>/dev/null || continue
+        rest=${stat##*) }
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+        # children that have exited and been waited for are in cutime/cstime
+        child=$((f[13] + f[14]))
+        total=$((total + child))
+    done
+    echo "$total"
+}
+
+# Busy CPU time (clock ticks) of the whole machine: everything but idle and iowait.
+cpu_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# CPU time (clock ticks) of this script's finished children (wrk, curl, ...).
+own_children_ticks() {
+    local stat rest
+    local -a f
+    stat=$(<"/proc/$$/stat")
+    rest=${stat##*) }
+    read -r -a f <<<"$rest"
+    echo $((f[13] + f[14]))
+}
+
+# Resident memory (kB) of a process and its direct children.
+rss_kb() {
+    local pid=$1 total=0 p v
+    for p in "$pid" $(pgrep -P "$pid" || true); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+free_port BACKEND_PORT
+free_port NGINX_PORT
+free_port HAPROXY_PORT
+free_port SCIMGATE_PORT
+free_port ADMIN_PORT
+BACKEND_URL=http://127.0.0.1:$BACKEND_PORT/acme/v2
+
+TLS_DIR=$TMP/tls
+mkdir -p "$TLS_DIR" "$TMP/backend/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/scimgate" "$TMP/wrk"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >/dev/null 2>&1 ||
+    die "openssl could not make the self-signed certificate"
+cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
+
+user_json=$(<"$LOAD_DIR/user.json")
+user_json=${user_json//@BACKEND@/$BACKEND_URL}
+list_json=$(<"$LOAD_DIR/list.json")
+list_json=${list_json//@USER@/$user_json}
+
+render "$LOAD_DIR/backend.nginx.conf" "$TMP/backend/nginx.conf" \
+    "DIR=$TMP/backend" "BACKEND_WORKERS=$BACKEND_WORKERS" "BACKEND_PORT=$BACKEND_PORT" \
+    "BACKEND_URL=$BACKEND_URL" "USER=$(nginx_quote "$user_json")" "LIST=$(nginx_quote "$list_json")"
+
+if [[ $ACCESS_LOGS == on ]]; then
+    nginx_log="access_log $TMP/nginx/access.log;"
+    haproxy_log_global="log stderr format raw local0 info"
+    haproxy_log_defaults="log global
+    option httplog"
+    scimgate_rust_log=info
+    scimgate_audit="" # the default sink: stdout, here $TMP/scimgate/audit.log
+else
+    nginx_log="access_log off;"
+    haproxy_log_global=""
+    haproxy_log_defaults=""
+    scimgate_rust_log=info,scimgate::access=off
+    scimgate_audit="audit: { sink: none }"
+fi
+render "$LOAD_DIR/proxy.nginx.conf" "$TMP/nginx/nginx.conf" \
+    "DIR=$TMP/nginx" "PROXY_WORKERS=$PROXY_WORKERS" "BACKEND_PORT=$BACKEND_PORT" \
+    "NGINX_PORT=$NGINX_PORT" "TLS_DIR=$TLS_DIR" "NGINX_ACCESS_LOG=$nginx_log"
+render "$LOAD_DIR/haproxy.cfg" "$TMP/haproxy/haproxy.cfg" \
+    "PROXY_WORKERS=$PROXY_WORKERS" "BACKEND_PORT=$BACKEND_PORT" "HAPROXY_PORT=$HAPROXY_PORT" \
+    "TLS_DIR=$TLS_DIR" "HAPROXY_LOG_GLOBAL=$haproxy_log_global" \
+    "HAPROXY_LOG_DEFAULTS=$haproxy_log_defaults"
+render "$LOAD_DIR/scimgate.yaml" "$TMP/scimgate/gateway.yaml" \
+    "SCIMGATE_PORT=$SCIMGATE_PORT" "ADMIN_PORT=$ADMIN_PORT" "TLS_DIR=$TLS_DIR" \
+    "BACKEND_URL=$BACKEND_URL" "SCIMGATE_AUDIT=$scimgate_audit"
+
+# The token: secret alone on stdout line 1; the token file gets only its hash.
+issue_out=$("$BIN" token issue --config "$TMP/scimgate/gateway.yaml" --tenant acme --id bench \
+    --scope users:read --scope users:write --domain acme.com --expires-in 1d \
+    2>"$TMP/scimgate/issue.err") || {
+    cat "$TMP/scimgate/issue.err" >&2
+    die "scimgate token issue failed"
+}
+BENCH_TOKEN=${issue_out%%$'\n'*}
+[[ $BENCH_TOKEN == scimgate_* ]] || die "scimgate token issue printed no token"
+export BENCH_TOKEN BENCH_LUA_DIR=$LOAD_DIR
+export SCIMGATE_BENCH_UPSTREAM_TOKEN=backend-credential-not-checked-by-the-static-backend
+
+# ---------------------------------------------------------------------------------------------
+# Start everything
+
+log "checking configurations"
+nginx -q -t -p "$TMP/backend/" -c "$TMP/backend/nginx.conf" -e "$TMP/backend/error.log" ||
+    die "backend nginx configuration refused"
+nginx -q -t -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" ||
+    die "proxy nginx configuration refused"
+haproxy -q -c -f "$TMP/haproxy/haproxy.cfg" || die "HAProxy configuration refused"
+"$BIN" check --config "$TMP/scimgate/gateway.yaml" >/dev/null || die "scimgate check refused its configuration"
+
+log "starting backend :$BACKEND_PORT, nginx :$NGINX_PORT, haproxy :$HAPROXY_PORT, scimgate :$SCIMGATE_PORT (admin :$ADMIN_PORT)"
+start backend "$TMP/backend/stderr.log" "$TMP/backend/stderr.log" \
+    nginx -p "$TMP/backend/" -c "$TMP/backend/nginx.conf" -e "$TMP/backend/error.log" -g 'daemon off;'
+start nginx "$TMP/nginx/stderr.log" "$TMP/nginx/stderr.log" \
+    nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;'
+start haproxy "$TMP/haproxy/haproxy.log" "$TMP/haproxy/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
+start scimgate "$TMP/scimgate/audit.log" "$TMP/scimgate/scimgate.log" \
+    env RUST_LOG="$scimgate_rust_log" "$BIN" serve --config "$TMP/scimgate/gateway.yaml"
+
+wait_status backend "$TMP/backend/error.log" "$BACKEND_URL/Users/$USER_ID" 200
+wait_status nginx "$TMP/nginx/error.log" "https://localhost:$NGINX_PORT/nothing" 404
+wait_status haproxy "$TMP/haproxy/haproxy.log" "https://localhost:$HAPROXY_PORT/nothing" 404
+wait_status scimgate "$TMP/scimgate/scimgate.log" "http://127.0.0.1:$ADMIN_PORT/readyz" 200
+RSS_SCIMGATE_IDLE=$(rss_kb "${PID_OF[scimgate]}")
+
+# ---------------------------------------------------------------------------------------------
+# One request per target and scenario, with the expected status
+
+base_url() {
+    case $1 in
+        backend) echo "$BACKEND_URL" ;;
+        nginx) echo "https://localhost:$NGINX_PORT/acme/scim/v2" ;;
+        haproxy) echo "https://localhost:$HAPROXY_PORT/acme/scim/v2" ;;
+        scimgate) echo "https://localhost:$SCIMGATE_PORT/acme/scim/v2" ;;
+    esac
+}
+scenario_path() {
+    case $1 in
+        get | patch) echo "/Users/$USER_ID" ;;
+        list) echo "/Users?$FILTER_QUERY" ;;
+        post) echo "/Users" ;;
+    esac
+}
+scenario_label() {
+    case $1 in
+        get) echo "GET /Users/{id}" ;;
+        list) echo "GET /Users?filter" ;;
+        post) echo "POST /Users" ;;
+        patch) echo "PATCH /Users/{id}" ;;
+    esac
+}
+
+# request TARGET SCENARIO [AUTHORIZATION] [BODYFILE]: prints the status; body in $TMP/resp.json.
+request() {
+    local target=$1 scenario=$2 auth=${3-Bearer $BENCH_TOKEN} body=${4-} method=GET
+    local -a args=(-s -o "$TMP/resp.json" -w '%{http_code}' --max-time 10 --cacert "$TLS_DIR/cert.pem"
+        -H 'Accept: application/scim+json')
+    [[ -n $auth ]] && args+=(-H "Authorization: $auth")
+    case $scenario in
+        post) method=POST body=${body:-$LOAD_DIR/create-user.json} ;;
+        patch) method=PATCH body=${body:-$LOAD_DIR/patch-user.json} ;;
+    esac
+    [[ -n $body ]] && args+=(-H 'Content-Type: application/scim+json' --data-binary "@$body")
+    curl "${args[@]}" -X "$method" "$(base_url "$target")$(scenario_path "$scenario")" || echo "000"
+}
+
+expected_status() { [[ $1 == post ]] && echo 201 || echo 200; }
+
+log "checking every scenario through every target"
+for target in "${TARGETS[@]}"; do
+    for scenario in "${SCENARIOS[@]}"; do
+        want=$(expected_status "$scenario")
+        got=$(request "$target" "$scenario")
+        if [[ $got != "$want" ]]; then
+            head -c 600 "$TMP/resp.json" >&2 || true
+            echo >&2
+            [[ $target == scimgate ]] && tail -n 5 "$TMP/scimgate/scimgate.log" >&2
+            die "$target answered $got to $(scenario_label "$scenario"), expected $want"
+        fi
+        grep -q '"ada@acme.com"' "$TMP/resp.json" ||
+            die "$target: $(scenario_label "$scenario") returned no user ada@acme.com"
+        if [[ $target == scimgate ]]; then
+            # Backend URLs must have been rewritten to the gateway's public prefix.
+            grep -q "$BACKEND_URL" "$TMP/resp.json" &&
+                die "scimgate: $(scenario_label "$scenario") leaked the backend URL"
+            grep -q "/acme/scim/v2/Users/$USER_ID" "$TMP/resp.json" ||
+                die "scimgate: $(scenario_label "$scenario") has no rewritten meta.location"
+        fi
+    done
+done
+
+# The policy is really on: no token, and a user outside the token's domains, are refused.
+got=$(request scimgate get "")
+[[ $got == 401 ]] || die "scimgate answered $got without a token, expected 401"
+sed 's/ada@acme\.com/ada@evil.com/g; s/ada\.lovelace@acme\.com/ada@evil.com/g' \
+    "$LOAD_DIR/create-user.json" >"$TMP/evil-user.json"
+got=$(request scimgate post "Bearer $BENCH_TOKEN" "$TMP/evil-user.json")
+[[ $got == 403 ]] || die "scimgate answered $got to a POST of a user in evil.com, expected 403"
+log "all targets answer as expected; scimgate refuses a missing token (401) and a foreign domain (403)"
+
+# ---------------------------------------------------------------------------------------------
+# Measure
+
+ciphers=""
+for target in nginx haproxy scimgate; do
+    port_var=${target^^}_PORT
+    c=$(openssl s_client -brief -connect "127.0.0.1:${!port_var}" -servername localhost \
+        </dev/null 2>&1 | awk -F': ' '/^Protocol version/ {p=$2} /^Ciphersuite/ {c=$2} END {print p " " c}') || true
+    ciphers+="$target: ${c:-unknown}; "
+done
+
+LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+CLK_TCK=$(getconf CLK_TCK)
+declare -A RPS P50 P99 ERRS SOCKERR CPU_US OTHER
+NOISY=0
+FAILED_ROWS=0
+RAW=""
+total=$((${#TARGETS[@]} * ${#SCENARIOS[@]}))
+i=0
+for scenario in "${SCENARIOS[@]}"; do
+    for target in "${TARGETS[@]}"; do
+        i=$((i + 1))
+        url="$(base_url "$target")$(scenario_path "$scenario")"
+        k="$target/$scenario"
+        log "[$i/$total] $target $(scenario_label "$scenario"): ${WARMUP}s warm-up, ${DURATION}s measured"
+        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" --timeout 5s -s "$LOAD_DIR/$scenario.lua" "$url" \
+            >"$TMP/wrk/warmup.txt" 2>&1 || die "wrk warm-up failed: $(cat "$TMP/wrk/warmup.txt")"
+        pid=${PID_OF[$target]}
+        cpu0=$(cpu_ticks "$pid")
+        backend0=$(cpu_ticks "${PID_OF[backend]}")
+        own0=$(own_children_ticks)
+        busy0=$(cpu_busy)
+        out=$TMP/wrk/$target-$scenario.txt
+        wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$LOAD_DIR/$scenario.lua" "$url" \
+            >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+        busy1=$(cpu_busy)
+        own1=$(own_children_ticks)
+        backend1=$(cpu_ticks "${PID_OF[backend]}")
+        cpu1=$(cpu_ticks "$pid")
+        # CPU used by anything else than wrk, the target and the backend during the row (other
+        # processes on the machine, and kernel work not charged to a process), in % of a core.
+        other=$((busy1 - busy0 - (own1 - own0) - (cpu1 - cpu0)))
+        [[ $target != backend ]] && other=$((other - (backend1 - backend0)))
+        ((other < 0)) && other=0
+        OTHER[$k]=$(awk -v t="$other" -v hz="$CLK_TCK" -v d="$DURATION" 'BEGIN {printf "%.0f", t / hz / d * 100}')
+        ((OTHER[$k] > 25)) && NOISY=$((NOISY + 1))
+        line=$(grep '^RESULT ' "$out") || die "wrk printed no RESULT line: $(cat "$out")"
+        declare -A r=()
+        for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
+        RPS[$k]=$(awk -v n="${r[requests]}" -v d="${r[duration_us]}" 'BEGIN {printf "%.0f", n / (d / 1e6)}')
+        P50[$k]=$(awk -v v="${r[p50_us]}" 'BEGIN {printf "%.2f", v / 1000}')
+        P99[$k]=$(awk -v v="${r[p99_us]}" 'BEGIN {printf "%.2f", v / 1000}')
+        ERRS[$k]=${r[status]}
+        SOCKERR[$k]=$((r[connect] + r[read] + r[write] + r[timeout]))
+        if ((ERRS[$k] + SOCKERR[$k] > 0)); then
+            FAILED_ROWS=$((FAILED_ROWS + 1))
+            log "warning: $target $(scenario_label "$scenario"): ${ERRS[$k]} HTTP errors, ${SOCKERR[$k]} socket errors"
+        fi
+        CPU_US[$k]=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${r[requests]}" \
+            'BEGIN {printf "%.0f", n ? t / hz * 1e6 / n : 0}')
+        RAW+="#### $target, $(scenario_label "$scenario")"$'\n\n```text\n'"$(cat "$out")"$'\n```\n\n'
+    done
+done
+LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+RSS_SCIMGATE=$(awk '/^VmRSS:/ {print $2}' "/proc/${PID_OF[scimgate]}/status")
+HWM_SCIMGATE=$(awk '/^VmHWM:/ {print $2}' "/proc/${PID_OF[scimgate]}/status")
+RSS_NGINX=$(rss_kb "${PID_OF[nginx]}")
+RSS_HAPROXY=$(rss_kb "${PID_OF[haproxy]}")
+# scimgate's access-log lines (stderr) and audit records (stdout), one of each per request.
+access_lines() { grep '"target":"scimgate::access"' "$TMP/scimgate/scimgate.log" || true; }
+SCIMGATE_ACCESS=$(access_lines | wc -l)
+SCIMGATE_AUDIT=$(wc -l <"$TMP/scimgate/audit.log")
+SCIMGATE_NON2XX=$(access_lines | grep -vc '"status":2[0-9][0-9]' || true)
+SCIMGATE_DENY=$(access_lines | grep -c '"decision":"deny"' || true)
+SCIMGATE_WARN=$(grep -v '"target":"scimgate::access"' "$TMP/scimgate/scimgate.log" | grep -c '"level":"\(WARN\|ERROR\)"' || true)
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$RESULTS_DIR"
+report=$RESULTS_DIR/load-$stamp.md
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] && rev+=" (with uncommitted changes in src/)"
+
+{
+    echo "# scimgate load benchmark"
+    echo
+    echo "\`benches/load.sh\`: wrk -t1 -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s measured per row;"
+    echo "loopback only; one static nginx SCIM backend (plain HTTP, $BACKEND_WORKERS worker);"
+    echo "nginx ($PROXY_WORKERS workers) and HAProxy ($PROXY_WORKERS threads) terminate TLS and proxy;"
+    echo "scimgate terminates TLS and enforces token, tenant, scope and email-domain policy on"
+    echo "requests and responses (rate limits too high to trigger)."
+    if [[ $ACCESS_LOGS == on ]]; then
+        echo "ACCESS_LOGS=on: every proxy writes a line per request to a file (nginx access_log,"
+        echo "HAProxy httplog); scimgate writes its access-log line and its audit record (default sink)."
+    else
+        echo "ACCESS_LOGS=off: no proxy writes a per-request line (scimgate: scimgate::access=off, audit sink none)."
+    fi
+    echo
+    echo "## Machine"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "- cpus: $(nproc), $(lscpu | awk -F': *' '/Model name/ {print $2; exit}')"
+    echo "- kernel: $(uname -sr)"
+    echo "- load average before / after: $LOADAVG_BEFORE / $LOADAVG_AFTER"
+    echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+    echo "- haproxy: $(haproxy -v 2>&1 | head -n1)"
+    echo "- wrk: $(wrk -v 2>&1 | head -n1 || true)"
+    echo "- rustc: $(rustc --version 2>/dev/null || echo unknown)"
+    echo "- scimgate: $("$BIN" --version 2>/dev/null || echo scimgate), commit $rev"
+    echo "- TLS as negotiated by openssl s_client: ${ciphers%; }"
+    echo
+    echo "## Results"
+    echo
+    echo "| target | scenario | req/s | p50 ms | p99 ms | HTTP errors (>=400) | socket errors | target CPU µs/req | other CPU % |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for scenario in "${SCENARIOS[@]}"; do
+        for target in "${TARGETS[@]}"; do
+            k="$target/$scenario"
+            echo "| $target | $(scenario_label "$scenario") | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERRS[$k]} | ${SOCKERR[$k]} | ${CPU_US[$k]} | ${OTHER[$k]} |"
+        done
+    done
+    echo
+    echo "backend = the static backend over plain HTTP, no proxy (the ceiling). Target CPU is the"
+    echo "user+system time of the target's own processes (for backend: the backend) per request."
+    echo "Other CPU is what the machine spent on anything but wrk, the target and the backend during"
+    echo "the row (other processes, kernel work charged to none), in % of one core of $(nproc)."
+    if ((FAILED_ROWS)); then
+        echo
+        echo "**Warning: $FAILED_ROWS row(s) had HTTP (>= 400) or socket errors; see the wrk output below.**"
+    fi
+    if ((NOISY)); then
+        echo
+        echo "**Warning: $NOISY row(s) ran with more than 25 % of a core used by something else;**"
+        echo "**their numbers are disturbed. Rerun on a quiet machine.**"
+    fi
+    echo
+    echo "## scimgate relative to the plain TLS proxies"
+    echo
+    echo "| scenario | req/s scimgate/nginx | req/s scimgate/haproxy | p99 scimgate/nginx | p99 scimgate/haproxy |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    for scenario in "${SCENARIOS[@]}"; do
+        s="scimgate/$scenario" n="nginx/$scenario" h="haproxy/$scenario"
+        echo "| $(scenario_label "$scenario") | $(ratio "${RPS[$s]}" "${RPS[$n]}") | $(ratio "${RPS[$s]}" "${RPS[$h]}") | $(ratio "${P99[$s]}" "${P99[$n]}") | $(ratio "${P99[$s]}" "${P99[$h]}") |"
+    done
+    echo
+    echo "## Memory (VmRSS after the run)"
+    echo
+    echo "- scimgate: $(mib "$RSS_SCIMGATE") (peak VmHWM $(mib "$HWM_SCIMGATE"); $(mib "$RSS_SCIMGATE_IDLE") after start-up)"
+    echo "- nginx (master and workers): $(mib "$RSS_NGINX")"
+    echo "- haproxy: $(mib "$RSS_HAPROXY")"
+    echo
+    echo "## scimgate log"
+    echo
+    if [[ $ACCESS_LOGS == on ]]; then
+        echo "- access-log lines: $SCIMGATE_ACCESS; audit records: $SCIMGATE_AUDIT"
+        echo "- access-log lines with a non-2xx status: $SCIMGATE_NON2XX; with decision deny: $SCIMGATE_DENY"
+        echo "  (2 expected: the no-token and foreign-domain checks before the load)"
+    else
+        echo "- no access log or audit trail (ACCESS_LOGS=off)"
+    fi
+    echo "- other lines at WARN or ERROR: $SCIMGATE_WARN (1 expected: the 1-day token expires soon)"
+    echo
+    echo "## What each target does per request"
+    echo
+    echo "- nginx, HAProxy: TLS, rewrite /acme/scim/v2 to /acme/v2, pass the request (with the"
+    echo "  client's Authorization) over a kept-alive backend connection, stream the answer back."
+    echo "- scimgate: TLS, path normalisation, token (checksum, hash lookup, expiry), tenant route,"
+    echo "  scope, rate and concurrency limits, strict JSON parse of bodies, email-domain checks on"
+    echo "  the request and on the answer, backend credential swap, rewriting backend URLs"
+    echo "  (Location, meta.location, \$ref) to the public prefix. A PATCH first reads the stored"
+    echo "  user from the backend (its cache entry is invalidated by every write through the"
+    echo "  gateway), so it costs two backend requests; a list is re-paged by the gateway."
+    echo
+    echo "## wrk output"
+    echo
+    echo "<details>"
+    echo
+    printf '%s' "$RAW"
+    echo "</details>"
+} >"$report"
+cp "$report" "$RESULTS_DIR/latest.md"
+cat "$report"
+log "report written to ${report#"$ROOT"/} and benches/results/latest.md"

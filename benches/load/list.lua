@@ -1,0 +1,5 @@
+-- GET /Users?filter=userName eq "ada@acme.com" (the URL carries the path and the query).
+wrk.method = "GET"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+wrk.headers["Accept"] = "application/scim+json"
+dofile(os.getenv("BENCH_LUA_DIR") .. "/report.lua")

@@ -1,0 +1,10 @@
+-- POST /Users with the user (create-user.json) as the body.
+local f = assert(io.open(os.getenv("BENCH_LUA_DIR") .. "/create-user.json", "rb"))
+local body = f:read("*a"):gsub("%s+$", "")
+f:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+wrk.headers["Content-Type"] = "application/scim+json"
+wrk.headers["Accept"] = "application/scim+json"
+dofile(os.getenv("BENCH_LUA_DIR") .. "/report.lua")
