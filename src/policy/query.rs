@@ -163,14 +163,7 @@ impl ScimQuery {
     /// The client's query re-encoded canonically, exactly as parsed (for Groups).
     pub fn canonical_query(&self) -> String {
         let mut q = String::new();
-        let mut push = |k: &str, v: &str| {
-            if !q.is_empty() {
-                q.push('&');
-            }
-            q.push_str(k);
-            q.push('=');
-            q.extend(utf8_percent_encode(v, QUERY_VALUE));
-        };
+        let mut push = |k: &str, v: &str| push_param(&mut q, k, v);
         if let Some(f) = &self.filter {
             push("filter", f);
         }
@@ -218,14 +211,7 @@ impl ScimQuery {
     pub fn backend_query(&self, page: Option<(usize, usize)>) -> String {
         let (attrs, excluded) = self.backend_selection();
         let mut q = String::new();
-        let mut push = |k: &str, v: &str| {
-            if !q.is_empty() {
-                q.push('&');
-            }
-            q.push_str(k);
-            q.push('=');
-            q.extend(utf8_percent_encode(v, QUERY_VALUE));
-        };
+        let mut push = |k: &str, v: &str| push_param(&mut q, k, v);
         if page.is_some() {
             if let Some(f) = &self.filter {
                 push("filter", f);
@@ -277,6 +263,16 @@ impl ScimQuery {
         m.insert("count".into(), Value::from(count));
         Value::Object(m)
     }
+}
+
+/// Appends `k=v` to a query string, percent-encoding the value.
+fn push_param(q: &mut String, k: &str, v: &str) {
+    if !q.is_empty() {
+        q.push('&');
+    }
+    q.push_str(k);
+    q.push('=');
+    q.extend(utf8_percent_encode(v, QUERY_VALUE));
 }
 
 /// The address attributes an `attributes`/`excludedAttributes` entry names: `emails`,

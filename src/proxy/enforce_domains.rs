@@ -670,12 +670,7 @@ where
             }
             if !users && resp.status().is_success() && !ctx.report_only {
                 // A group written back to the client shows only the members it may see.
-                let (parts, body) = resp.into_parts();
-                let bytes = body
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+                let (parts, bytes) = split(resp).await;
                 if let Ok(mut group) = serde_json::from_slice::<Value>(&bytes) {
                     if ctx.filter_members(&mut group).await? {
                         return Ok(json_response(parts.status, &group, Some(&parts)));
@@ -710,14 +705,8 @@ where
             if resp.status() != StatusCode::OK {
                 return Ok(resp);
             }
-            let (parts, body) = resp.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let mut user: Value = serde_json::from_slice(&bytes)
-                .map_err(|_| GatewayError::UpstreamInvalid("the backend's user is not JSON"))?;
+            let (parts, bytes) = split(resp).await;
+            let mut user = parse_json(&bytes, "the backend's user is not JSON")?;
             match ctx.policy().judge_user(&user) {
                 Ok(()) => {}
                 Err(e) => {
@@ -756,14 +745,8 @@ where
             if resp.status() != StatusCode::OK {
                 return Ok(resp);
             }
-            let (parts, body) = resp.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let mut v: Value = serde_json::from_slice(&bytes)
-                .map_err(|_| GatewayError::UpstreamInvalid("the backend's group is not JSON"))?;
+            let (parts, bytes) = split(resp).await;
+            let mut v = parse_json(&bytes, "the backend's group is not JSON")?;
             let mut dropped = false;
             if single {
                 dropped |= ctx.filter_members(&mut v).await?;
@@ -789,6 +772,22 @@ where
         }
         _ => ctx.forward(req).await,
     }
+}
+
+/// A buffered response's head and body bytes.
+async fn split(resp: GatewayResponse) -> (http::response::Parts, Bytes) {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (parts, bytes)
+}
+
+/// A backend body the gateway must read to decide; unreadable is a 502, never a pass.
+fn parse_json(bytes: &[u8], what: &'static str) -> Result<Value, GatewayError> {
+    serde_json::from_slice(bytes).map_err(|_| GatewayError::UpstreamInvalid(what))
 }
 
 fn set_query(req: &mut Request<Bytes>, query: &str) -> Result<(), GatewayError> {
@@ -821,12 +820,7 @@ where
     if !resp.status().is_success() || ctx.report_only {
         return Ok(resp);
     }
-    let (parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let (parts, bytes) = split(resp).await;
     if !bytes.is_empty() {
         if let Ok(user) = serde_json::from_slice::<Value>(&bytes) {
             if let Err(e) = ctx.policy().judge_user(&user) {
@@ -861,12 +855,7 @@ where
     if resp.status() != StatusCode::OK {
         return Ok(resp);
     }
-    let (parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let (parts, bytes) = split(resp).await;
     if let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) {
         if let Some((resources, _)) = list_resources(&mut v) {
             if resources
@@ -986,12 +975,7 @@ where
     if resp.status() != StatusCode::OK {
         return Ok(resp);
     }
-    let (parts, body) = resp.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let (parts, bytes) = split(resp).await;
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(GatewayError::UpstreamInvalid(
             "the backend's ServiceProviderConfig is not JSON",
