@@ -41,6 +41,29 @@ const SCAN_PAGE: usize = 200;
 /// The most resources the gateway scans for one list request (400 `tooMany` beyond).
 const MAX_SCAN: usize = 20_000;
 
+/// The stack below this layer, which the gateway's own lookups go through too.
+pub trait Inner:
+    Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: Service<
+            Request<Bytes>,
+            Response = GatewayResponse,
+            Error = BoxError,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 #[derive(Clone, Default)]
 pub struct EnforceDomainsLayer {
     dir: Arc<Directory>,
@@ -68,12 +91,7 @@ pub struct EnforceDomains<S> {
 
 impl<S> Service<Request<Bytes>> for EnforceDomains<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     type Response = GatewayResponse;
     type Error = BoxError;
@@ -105,12 +123,7 @@ struct Ctx<S> {
 
 impl<S> Ctx<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     fn policy(&self) -> DomainPolicy<'_> {
         DomainPolicy {
@@ -538,12 +551,7 @@ async fn enforce<S>(
     mut req: Request<Bytes>,
 ) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     let ext = req.extensions();
     let (Some(routed), Some(token), Some(snapshot)) = (
@@ -810,12 +818,7 @@ async fn post_write_check<S>(
     resp: GatewayResponse,
 ) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     if !resp.status().is_success() || ctx.report_only {
         return Ok(resp);
@@ -844,12 +847,7 @@ where
 /// logged as `would_deny`.
 async fn report_only_list<S>(ctx: &Ctx<S>, req: Request<Bytes>) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     let resp = ctx.forward(req).await?;
     if resp.status() != StatusCode::OK {
@@ -879,12 +877,7 @@ async fn list_users<S>(
     search: bool,
 ) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     let (start, count) = q.page();
     let hidden: Vec<AddressAttr> = q.hidden_address_attrs();
@@ -965,12 +958,7 @@ where
 /// Rewrites `/ServiceProviderConfig` so it describes what this token may do through the gateway.
 async fn advertise<S>(resp: GatewayResponse, ctx: &Ctx<S>) -> Result<GatewayResponse, BoxError>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: Inner,
 {
     if resp.status() != StatusCode::OK {
         return Ok(resp);
