@@ -4,9 +4,11 @@
 //! chain; `scimgate audit verify FILE` checks it. Never a secret, never a body; query strings
 //! keep their parameter names only unless `audit.query_values` is set.
 //!
-//! Records are serialised and chained on a dedicated task, off the request path.
+//! Records are serialised, chained and written in batches by a background [`Flusher`], off
+//! the request path: a request only queues its record (no system call, no wake-up while busy).
 
 use crate::config::{AuditSection, AuditSink};
+use crate::flusher::{Drained, Flusher, Wakeup};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -83,6 +85,8 @@ struct Line<'a> {
 #[derive(Clone, Debug)]
 pub struct Audit {
     tx: mpsc::Sender<Record>,
+    wakeup: Arc<Wakeup>,
+    writer: Arc<Flusher>,
     pub query_values: bool,
 }
 
@@ -90,11 +94,19 @@ impl Audit {
     /// Queues a record; waits only if the writer is far behind (back-pressure, never loss).
     pub async fn send(&self, r: Record) {
         let _ = self.tx.send(r).await;
+        self.wakeup.notify();
     }
 
     /// Queues a record from synchronous code, dropping it only if the queue is full.
     pub fn try_send(&self, r: Record) {
         let _ = self.tx.try_send(r);
+        self.wakeup.notify();
+    }
+
+    /// Writes every record queued so far and stops the writer (at shutdown, after the last
+    /// request); records queued later are not written.
+    pub fn close(&self) {
+        self.writer.close();
     }
 
     /// Starts the writer for `cfg` (paths relative to `base_dir`). `None` when auditing is off.
@@ -118,19 +130,23 @@ impl Audit {
             _ => GENESIS.to_owned(),
         };
         let (tx, rx) = mpsc::channel(65_536);
-        std::thread::Builder::new()
-            .name("scimgate-audit".into())
-            .spawn(move || write_loop(rx, writer, prev))
+        let mut chain = Chain {
+            rx,
+            out: writer,
+            prev,
+        };
+        let writer = Flusher::spawn("scimgate-audit", move || chain.drain())
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Some(Audit {
             tx,
+            wakeup: writer.wakeup(),
+            writer: Arc::new(writer),
             query_values: cfg.query_values,
         }))
     }
 }
 
-/// A sink for audit lines. Lines are buffered and flushed whenever the queue runs dry, so a
-/// busy gateway writes batches, and an idle one has nothing left in memory.
+/// A sink for audit lines. Lines are buffered and flushed at the end of each batch.
 trait LineWriter: Send {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
@@ -209,30 +225,51 @@ impl LineWriter for RotatingFile {
     }
 }
 
-fn write_loop(mut rx: mpsc::Receiver<Record>, mut out: Box<dyn LineWriter>, mut prev: String) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
+/// The writer's state: the queue, the sink, and the hash of the last line written.
+struct Chain {
+    rx: mpsc::Receiver<Record>,
+    out: Box<dyn LineWriter>,
+    prev: String,
+}
+
+impl Chain {
+    /// Writes every queued record, chained, then flushes the batch to the sink.
+    fn drain(&mut self) -> Drained {
+        let mut wrote = false;
+        let mut bytes = Vec::with_capacity(512);
+        let closed = loop {
+            let record = match self.rx.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::error::TryRecvError::Empty) => break false,
+                Err(mpsc::error::TryRecvError::Disconnected) => break true,
+            };
+            wrote = true;
             let line = Line {
                 schema: SCHEMA,
                 time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
                 record: &record,
-                prev: &prev,
+                prev: &self.prev,
             };
-            if let Ok(bytes) = serde_json::to_vec(&line) {
-                match out.write_line(&bytes) {
+            bytes.clear();
+            if serde_json::to_writer(&mut bytes, &line).is_ok() {
+                match self.out.write_line(&bytes) {
                     Ok(()) => {
                         crate::metrics::METRICS.audit_records.inc();
-                        prev = hex::encode(Sha256::digest(&bytes));
+                        self.prev = hex::encode(Sha256::digest(&bytes));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot write the audit log"),
                 }
             }
-            next = rx.try_recv().ok();
+        };
+        if wrote {
+            if let Err(e) = self.out.flush() {
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
         }
-        // The queue ran dry: everything received so far reaches the sink now.
-        if let Err(e) = out.flush() {
-            tracing::error!(error = %e, "cannot write the audit log");
+        match (wrote, closed) {
+            (true, _) => Drained::Some,
+            (false, true) => Drained::Closed,
+            (false, false) => Drained::Empty,
         }
     }
 }

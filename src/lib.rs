@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod flusher;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -174,6 +174,7 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
         audit: crate::audit::Audit::start(&cfg.gateway.audit, &base_dir)?,
     };
     let usage = runtime.usage.clone();
+    let audit = runtime.audit.clone();
     let compiled = Policy::compile_with(&cfg, &runtime).map_err(|p| p.to_string())?;
     let tokens = compiled.tokens.len();
     let policy = policy::handle(compiled);
@@ -208,6 +209,10 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
     let _ = stop_tx.send(true);
     let _ = reload_task.await;
     let _ = flush_task.await;
+    if let Some(audit) = audit {
+        // Every request has ended: its record reaches the sink before the process exits.
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+    }
     result
 }
 
