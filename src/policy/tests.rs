@@ -8,7 +8,9 @@ use crate::policy::route::{
     classify, normalize_path, Endpoint, OpKind, Operation, ResourceType, RouteError,
 };
 use crate::policy::scope::{authorize, required_scope, Scope, ScopeSet};
-use crate::policy::user::{user_addresses, AddressAttr, Addresses, DomainPolicy, OutOfScope};
+use crate::policy::user::{
+    scan_user_addresses, user_addresses, AddressAttr, Addresses, DomainPolicy, OutOfScope,
+};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -576,6 +578,77 @@ fn policy_route_matches_whole_prefix_segments_only() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// user::scan_user_addresses
+
+#[test]
+fn scanning_the_text_finds_what_the_parsed_user_holds() {
+    // Every shape the tree-based reading distinguishes, in every position.
+    let shapes = [
+        r#""a@acme.com""#,
+        r#""alice""#,
+        r#""x\u0040evil.com""#,
+        "\"a\u{FF20}evil.com\"",
+        "null",
+        "true",
+        "12",
+        "-1.5e3",
+        "[]",
+        r#"["b@acme.com", "c@evil.com"]"#,
+        r#"[{"value": "d@acme.com", "type": "work"}, {"VALUE": "e@evil.com"}]"#,
+        r#"[{"value": null}, {"value": 3}, {"value": {"x": 1}}, null, 4, [1]]"#,
+        r#"{"value": "f@acme.com", "primary": true}"#,
+        r#"{"Value": ["g@acme.com"]}"#,
+        r#"{"userName": "h@evil.com", "emails": [{"value": "i@evil.com"}]}"#,
+    ];
+    let names = [
+        "userName",
+        "USERNAME",
+        "emails",
+        "Emails",
+        "urn:ietf:params:scim:schemas:core:2.0:User:emails",
+        "URN:IETF:PARAMS:SCIM:SCHEMAS:CORE:2.0:USER:userName",
+        "urn:ietf:params:scim:schemas:core:2.0:Group:emails",
+        "urn:ietf:params:scim:schemas:core:2.0:User",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+        "displayName",
+        "value",
+    ];
+    let mut docs: Vec<String> = vec![
+        "null".into(),
+        "[]".into(),
+        r#""a@acme.com""#.into(),
+        "{}".into(),
+    ];
+    for n in names {
+        for v in shapes {
+            docs.push(format!(
+                r#"{{"id": "1", "{n}": {v}, "meta": {{"x": [1, {{"y": null}}]}}}}"#
+            ));
+            docs.push(format!(
+                r#"{{"{URN}": {{"{n}": {v}}}, "schemas": ["{URN}"]}}"#
+            ));
+        }
+    }
+    for doc in &docs {
+        let tree: Value = serde_json::from_str(doc).unwrap();
+        let mut want = user_addresses(&tree);
+        let mut got = scan_user_addresses(doc.as_bytes()).unwrap();
+        want.values.sort();
+        got.values.sort();
+        assert_eq!(got, want, "{doc}");
+    }
+}
+
+#[test]
+fn scanning_reads_every_duplicate_member_and_refuses_bad_json() {
+    // A tree keeps only the last `userName`; the scan reads both, so the hidden one counts.
+    let a = scan_user_addresses(br#"{"userName": "x@evil.com", "userName": "plain"}"#).unwrap();
+    assert_eq!(a.values, vec!["x@evil.com".to_owned()]);
+    for bad in [&b"{"[..], b"{\"a\":1}x", b"", b"{\"emails\": [}"] {
+        assert!(scan_user_addresses(bad).is_err());
+    }
+}
+
 // user::user_addresses and DomainPolicy::judge_user
 // ---------------------------------------------------------------------------------------------
 

@@ -136,6 +136,168 @@ fn collect(obj: &Map<String, Value>, out: &mut Addresses, top: bool) {
     }
 }
 
+/// Collects every address of a User resource straight from its JSON text, without building a
+/// document tree: the same addresses as [`user_addresses`] over the parsed value (duplicate
+/// member names included, which a tree would collapse to the last), or the JSON error.
+pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> {
+    let mut out = Addresses::default();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde::de::DeserializeSeed::deserialize(
+        Scan {
+            out: &mut out,
+            role: Role::Top,
+        },
+        &mut de,
+    )?;
+    de.end()?;
+    Ok(out)
+}
+
+/// Where in a User the scanner stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The resource itself.
+    Top,
+    /// The object under the core schema URN.
+    UrnObject,
+    UserName,
+    Emails,
+    /// One element of `emails` (or a lone object in its place).
+    EmailItem,
+    /// `emails[].value`.
+    EmailValue,
+}
+
+struct Scan<'o> {
+    out: &'o mut Addresses,
+    role: Role,
+}
+
+/// A member name, borrowed from the input unless it had escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(v.to_owned().into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Scan<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Scan<'_> {
+    /// A value of a shape this role cannot hold.
+    fn unreadable<E>(self) -> Result<(), E> {
+        self.out.unreadable = true;
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Scan<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a SCIM User")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        match self.role {
+            Role::Top => self.unreadable(),
+            _ => Ok(()),
+        }
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        match self.role {
+            // A look-alike `@` counts too: it is then refused as an invalid address.
+            Role::UserName if v.contains(['@', '\u{FF20}', '\u{FE6B}']) => {
+                self.out.values.push(v.to_owned())
+            }
+            Role::UserName => {}
+            Role::EmailItem | Role::EmailValue => self.out.values.push(v.to_owned()),
+            Role::Top | Role::UrnObject | Role::Emails => self.out.unreadable = true,
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.unreadable()
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.unreadable()
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.unreadable()
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.unreadable()
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.role == Role::Emails {
+            while seq
+                .next_element_seed(Scan {
+                    out: &mut *self.out,
+                    role: Role::EmailItem,
+                })?
+                .is_some()
+            {}
+        } else {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            self.out.unreadable = true;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let role = self.role;
+        if matches!(role, Role::UserName | Role::EmailValue) {
+            self.out.unreadable = true;
+        }
+        while let Some(Key(k)) = map.next_key::<Key>()? {
+            let inner = match role {
+                Role::Top | Role::UrnObject => match address_attr(&k) {
+                    Some(AddressAttr::UserName) => Some(Role::UserName),
+                    Some(AddressAttr::Emails) => Some(Role::Emails),
+                    None if role == Role::Top && is_user_urn(&k) => Some(Role::UrnObject),
+                    None => None,
+                },
+                Role::Emails | Role::EmailItem if k.eq_ignore_ascii_case("value") => {
+                    Some(Role::EmailValue)
+                }
+                _ => None,
+            };
+            match inner {
+                Some(role) => map.next_value_seed(Scan {
+                    out: &mut *self.out,
+                    role,
+                })?,
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a user is out of scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutOfScope {

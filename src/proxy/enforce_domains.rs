@@ -19,7 +19,8 @@ use crate::policy::query::{list_resources, list_response, strip_attrs, ScimQuery
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
 use crate::policy::user::{
-    check_attribute_names, get_ci, AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS, USER_ATTRS,
+    check_attribute_names, get_ci, scan_user_addresses, AddressAttr, DomainPolicy, OutOfScope,
+    GROUP_ATTRS, USER_ATTRS,
 };
 use crate::scim::error::GatewayError;
 use crate::scim::json::{parse_strict, MAX_DEPTH};
@@ -714,8 +715,11 @@ where
                 return Ok(resp);
             }
             let (parts, bytes) = split(resp).await;
-            let mut user = parse_json(&bytes, "the backend's user is not JSON")?;
-            match ctx.policy().judge_user(&user) {
+            // The addresses are read from the text itself; no document tree is built unless
+            // attributes must be removed from the answer.
+            let addresses = scan_user_addresses(&bytes)
+                .map_err(|_| GatewayError::UpstreamInvalid("the backend's user is not JSON"))?;
+            match ctx.policy().judge(&addresses) {
                 Ok(()) => {}
                 Err(e) => {
                     ctx.verdict(Err(GatewayError::Hidden { reason: e.reason() }))?;
@@ -727,6 +731,7 @@ where
                 // The checked bytes go back as they came: no re-serialisation.
                 return Ok(GatewayResponse::from_parts(parts, Full::new(bytes)));
             }
+            let mut user = parse_json(&bytes, "the backend's user is not JSON")?;
             strip_attrs(&mut user, &hidden);
             Ok(json_response(StatusCode::OK, &user, Some(&parts)))
         }
@@ -825,8 +830,8 @@ where
     }
     let (parts, bytes) = split(resp).await;
     if !bytes.is_empty() {
-        if let Ok(user) = serde_json::from_slice::<Value>(&bytes) {
-            if let Err(e) = ctx.policy().judge_user(&user) {
+        if let Ok(addresses) = scan_user_addresses(&bytes) {
+            if let Err(e) = ctx.policy().judge(&addresses) {
                 tracing::error!(
                     reason = e.reason(),
                     tenant = &*ctx.origin.tenant.id,
