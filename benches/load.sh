@@ -21,7 +21,8 @@
 # Environment: DURATION (s, default 10), WARMUP (s, default 2), CONNECTIONS (default 32),
 # PROXY_WORKERS (nginx workers / HAProxy threads, default: nproc), BACKEND_WORKERS (default 1),
 # ACCESS_LOGS (on|off, default on: every proxy writes one access-log line per request to a file,
-# as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory).
+# as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory),
+# TARGETS and SCENARIOS (space-separated subsets, e.g. TARGETS="nginx scimgate" SCENARIOS=get).
 
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true # '&' in a ${x//a/b} replacement stays literal
@@ -30,6 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOAD_DIR=$ROOT/benches/load
 RESULTS_DIR=$ROOT/benches/results
 BIN=$ROOT/target/release/scimgate
+BARE_BIN=$ROOT/target/release/examples/bare_proxy
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -39,8 +41,8 @@ BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 ACCESS_LOGS=${ACCESS_LOGS:-on}
 KEEP_TMP=${KEEP_TMP:-0}
 
-TARGETS=(backend nginx haproxy scimgate)
-SCENARIOS=(get list post patch)
+read -r -a TARGETS <<<"${TARGETS:-backend nginx haproxy bare scimgate}"
+read -r -a SCENARIOS <<<"${SCENARIOS:-get list post patch}"
 USER_ID=2819c223-7f76-453a-919d-413861904646
 FILTER_QUERY='filter=userName%20eq%20%22ada%40acme.com%22'
 
@@ -80,9 +82,11 @@ ensure_binary() {
     if [[ -x $BIN ]]; then
         newer=$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit)
     fi
+    [[ -x $BARE_BIN && -z $(find "$ROOT/benches/load/bare_proxy.rs" -newer "$BARE_BIN" -print -quit) ]] || newer=yes
     if [[ ! -x $BIN || -n $newer ]]; then
-        log "building target/release/scimgate (cargo build --release)"
-        (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+        log "building target/release/scimgate and the bare_proxy floor (cargo build --release)"
+        (cd "$ROOT" && cargo build --release --quiet --bin scimgate --example bare_proxy) ||
+            die "cargo build --release failed"
     fi
 }
 
@@ -247,11 +251,14 @@ free_port BACKEND_PORT
 free_port NGINX_PORT
 free_port HAPROXY_PORT
 free_port SCIMGATE_PORT
+free_port BARE_PORT
 free_port ADMIN_PORT
 BACKEND_URL=http://127.0.0.1:$BACKEND_PORT/acme/v2
 
 TLS_DIR=$TMP/tls
-mkdir -p "$TLS_DIR" "$TMP/backend/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/scimgate" "$TMP/wrk"
+# Logs go to a directory of their own, as in production: scimgate watches its configuration
+# directory for reloads, and a log growing there would wake the watcher on every write.
+mkdir -p "$TLS_DIR" "$TMP/backend/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/scimgate" "$TMP/bare" "$TMP/logs" "$TMP/wrk"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=localhost -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' \
     -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >/dev/null 2>&1 ||
@@ -273,7 +280,7 @@ if [[ $ACCESS_LOGS == on ]]; then
     haproxy_log_defaults="log global
     option httplog"
     scimgate_rust_log=info
-    scimgate_audit="" # the default sink: stdout, here $TMP/scimgate/audit.log
+    scimgate_audit="" # the default sink: stdout, here $TMP/logs/scimgate-audit.log
 else
     nginx_log="access_log off;"
     haproxy_log_global=""
@@ -315,19 +322,23 @@ nginx -q -t -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log
 haproxy -q -c -f "$TMP/haproxy/haproxy.cfg" || die "HAProxy configuration refused"
 "$BIN" check --config "$TMP/scimgate/gateway.yaml" >/dev/null || die "scimgate check refused its configuration"
 
-log "starting backend :$BACKEND_PORT, nginx :$NGINX_PORT, haproxy :$HAPROXY_PORT, scimgate :$SCIMGATE_PORT (admin :$ADMIN_PORT)"
+log "starting backend :$BACKEND_PORT, nginx :$NGINX_PORT, haproxy :$HAPROXY_PORT, bare_proxy :$BARE_PORT, scimgate :$SCIMGATE_PORT (admin :$ADMIN_PORT)"
 start backend "$TMP/backend/stderr.log" "$TMP/backend/stderr.log" \
     nginx -p "$TMP/backend/" -c "$TMP/backend/nginx.conf" -e "$TMP/backend/error.log" -g 'daemon off;'
 start nginx "$TMP/nginx/stderr.log" "$TMP/nginx/stderr.log" \
     nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;'
 start haproxy "$TMP/haproxy/haproxy.log" "$TMP/haproxy/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
-start scimgate "$TMP/scimgate/audit.log" "$TMP/scimgate/scimgate.log" \
+start bare "$TMP/bare/stdout.log" "$TMP/bare/stderr.log" \
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" \
+    "http://127.0.0.1:$BACKEND_PORT" /acme/scim/v2 /acme/v2
+start scimgate "$TMP/logs/scimgate-audit.log" "$TMP/logs/scimgate.log" \
     env RUST_LOG="$scimgate_rust_log" "$BIN" serve --config "$TMP/scimgate/gateway.yaml"
 
 wait_status backend "$TMP/backend/error.log" "$BACKEND_URL/Users/$USER_ID" 200
 wait_status nginx "$TMP/nginx/error.log" "https://localhost:$NGINX_PORT/nothing" 404
 wait_status haproxy "$TMP/haproxy/haproxy.log" "https://localhost:$HAPROXY_PORT/nothing" 404
-wait_status scimgate "$TMP/scimgate/scimgate.log" "http://127.0.0.1:$ADMIN_PORT/readyz" 200
+wait_status bare "$TMP/bare/stderr.log" "https://localhost:$BARE_PORT/nothing" 404
+wait_status scimgate "$TMP/logs/scimgate.log" "http://127.0.0.1:$ADMIN_PORT/readyz" 200
 RSS_SCIMGATE_IDLE=$(rss_kb "${PID_OF[scimgate]}")
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +349,7 @@ base_url() {
         backend) echo "$BACKEND_URL" ;;
         nginx) echo "https://localhost:$NGINX_PORT/acme/scim/v2" ;;
         haproxy) echo "https://localhost:$HAPROXY_PORT/acme/scim/v2" ;;
+        bare) echo "https://localhost:$BARE_PORT/acme/scim/v2" ;;
         scimgate) echo "https://localhost:$SCIMGATE_PORT/acme/scim/v2" ;;
     esac
 }
@@ -381,7 +393,7 @@ for target in "${TARGETS[@]}"; do
         if [[ $got != "$want" ]]; then
             head -c 600 "$TMP/resp.json" >&2 || true
             echo >&2
-            [[ $target == scimgate ]] && tail -n 5 "$TMP/scimgate/scimgate.log" >&2
+            [[ $target == scimgate ]] && tail -n 5 "$TMP/logs/scimgate.log" >&2
             die "$target answered $got to $(scenario_label "$scenario"), expected $want"
         fi
         grep -q '"ada@acme.com"' "$TMP/resp.json" ||
@@ -409,7 +421,7 @@ log "all targets answer as expected; scimgate refuses a missing token (401) and 
 # Measure
 
 ciphers=""
-for target in nginx haproxy scimgate; do
+for target in nginx haproxy bare scimgate; do
     port_var=${target^^}_PORT
     c=$(openssl s_client -brief -connect "127.0.0.1:${!port_var}" -servername localhost \
         </dev/null 2>&1 | awk -F': ' '/^Protocol version/ {p=$2} /^Ciphersuite/ {c=$2} END {print p " " c}') || true
@@ -475,12 +487,12 @@ HWM_SCIMGATE=$(awk '/^VmHWM:/ {print $2}' "/proc/${PID_OF[scimgate]}/status")
 RSS_NGINX=$(rss_kb "${PID_OF[nginx]}")
 RSS_HAPROXY=$(rss_kb "${PID_OF[haproxy]}")
 # scimgate's access-log lines (stderr) and audit records (stdout), one of each per request.
-access_lines() { grep '"target":"scimgate::access"' "$TMP/scimgate/scimgate.log" || true; }
+access_lines() { grep '"target":"scimgate::access"' "$TMP/logs/scimgate.log" || true; }
 SCIMGATE_ACCESS=$(access_lines | wc -l)
-SCIMGATE_AUDIT=$(wc -l <"$TMP/scimgate/audit.log")
+SCIMGATE_AUDIT=$(wc -l <"$TMP/logs/scimgate-audit.log")
 SCIMGATE_NON2XX=$(access_lines | grep -vc '"status":2[0-9][0-9]' || true)
 SCIMGATE_DENY=$(access_lines | grep -c '"decision":"deny"' || true)
-SCIMGATE_WARN=$(grep -v '"target":"scimgate::access"' "$TMP/scimgate/scimgate.log" | grep -c '"level":"\(WARN\|ERROR\)"' || true)
+SCIMGATE_WARN=$(grep -v '"target":"scimgate::access"' "$TMP/logs/scimgate.log" | grep -c '"level":"\(WARN\|ERROR\)"' || true)
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -533,8 +545,9 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
         done
     done
     echo
-    echo "backend = the static backend over plain HTTP, no proxy (the ceiling). Target CPU is the"
-    echo "user+system time of the target's own processes (for backend: the backend) per request."
+    echo "backend = the static backend over plain HTTP, no proxy (the ceiling). bare = benches/load/bare_proxy.rs:"
+    echo "scimgate's HTTP/TLS platform (tokio, rustls, hyper, hyper-util's pooled client) proxying with no policy."
+    echo "Target CPU is the user+system time of the target's own processes (for backend: the backend) per request."
     echo "Other CPU is what the machine spent on anything but wrk, the target and the backend during"
     echo "the row (other processes, kernel work charged to none), in % of one core of $(nproc)."
     if ((FAILED_ROWS)); then
@@ -549,11 +562,11 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "## scimgate relative to the plain TLS proxies"
     echo
-    echo "| scenario | req/s scimgate/nginx | req/s scimgate/haproxy | p99 scimgate/nginx | p99 scimgate/haproxy |"
-    echo "| --- | ---: | ---: | ---: | ---: |"
+    echo "| scenario | req/s scimgate/nginx | req/s scimgate/haproxy | req/s scimgate/bare | p99 scimgate/nginx | p99 scimgate/haproxy |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for scenario in "${SCENARIOS[@]}"; do
-        s="scimgate/$scenario" n="nginx/$scenario" h="haproxy/$scenario"
-        echo "| $(scenario_label "$scenario") | $(ratio "${RPS[$s]}" "${RPS[$n]}") | $(ratio "${RPS[$s]}" "${RPS[$h]}") | $(ratio "${P99[$s]}" "${P99[$n]}") | $(ratio "${P99[$s]}" "${P99[$h]}") |"
+        s="scimgate/$scenario" n="nginx/$scenario" h="haproxy/$scenario" b="bare/$scenario"
+        echo "| $(scenario_label "$scenario") | $(ratio "${RPS[$s]:-0}" "${RPS[$n]:-0}") | $(ratio "${RPS[$s]:-0}" "${RPS[$h]:-0}") | $(ratio "${RPS[$s]:-0}" "${RPS[$b]:-0}") | $(ratio "${P99[$s]:-0}" "${P99[$n]:-0}") | $(ratio "${P99[$s]:-0}" "${P99[$h]:-0}") |"
     done
     echo
     echo "## Memory (VmRSS after the run)"
@@ -577,6 +590,7 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "- nginx, HAProxy: TLS, rewrite /acme/scim/v2 to /acme/v2, pass the request (with the"
     echo "  client's Authorization) over a kept-alive backend connection, stream the answer back."
+    echo "- bare: the same as nginx on scimgate's platform (buffered bodies, no logs, no policy)."
     echo "- scimgate: TLS, path normalisation, token (checksum, hash lookup, expiry), tenant route,"
     echo "  scope, rate and concurrency limits, strict JSON parse of bodies, email-domain checks on"
     echo "  the request and on the answer, backend credential swap, rewriting backend URLs"
