@@ -973,3 +973,45 @@ fn rotated_out_secrets_are_checked_like_current_ones() {
     );
     assert!(Files::new(GATEWAY, &tokens).load().is_ok());
 }
+
+#[test]
+fn the_json_form_of_the_token_file_reads_like_yaml_and_errors_keep_their_line() {
+    let file = TokensFile {
+        tokens: vec![crate::config::TokenRecord {
+            id: "a".into(),
+            tenant: "acme".into(),
+            sha256: "ab".repeat(32),
+            scopes: vec![crate::policy::scope::Scope::UsersRead],
+            domains: Some(vec!["acme.com".into()]),
+            expires_at: None,
+            idle_timeout: None,
+            status: Default::default(),
+            created_at: None,
+            hint: Some("wxyz".into()),
+            rate_limit: None,
+            previous: None,
+        }],
+    };
+    let text = format!(
+        "# comment\n\n{}",
+        crate::token::file::render(&file).unwrap()
+    );
+    let path = std::path::Path::new("tokens.yaml");
+    let mut problems = Problems::default();
+    let fast: TokensFile = parse_yaml(path, &text, &mut problems).expect("JSON form");
+    let slow: TokensFile = serde_yaml::from_str(&text).expect("the same text as YAML");
+    assert_eq!(
+        serde_json::to_value(&fast).unwrap(),
+        serde_json::to_value(&slow).unwrap()
+    );
+    let empty = crate::token::file::render(&TokensFile::default()).unwrap();
+    let none: TokensFile = parse_yaml(path, &empty, &mut problems).unwrap();
+    assert!(none.tokens.is_empty() && problems.0.is_empty());
+
+    // An unknown key on line 4: serde_json refuses it, serde_yaml reports where.
+    let bad = "# c\n{\"tokens\": [\n  {\"id\":\"a\",\"tenant\":\"acme\",\"sha256\":\"x\",\"scopes\":[]},\n  {\"id\":\"b\",\"bogus\":1}\n]}\n";
+    assert!(parse_yaml::<TokensFile>(path, bad, &mut problems).is_none());
+    let p = problems.to_string();
+    assert!(p.contains("tokens.yaml:4"), "{p}");
+    assert!(p.contains("bogus"), "{p}");
+}

@@ -135,15 +135,18 @@ impl fmt::Display for DomainPattern {
     }
 }
 
-/// The domains a token (or tenant) admits.
+/// The domains a token (or tenant) admits. Shared, not copied, between the tokens that have
+/// the same list: a clone is a reference count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainSet {
-    patterns: Vec<DomainPattern>,
+    patterns: std::sync::Arc<[DomainPattern]>,
 }
 
 impl DomainSet {
     pub fn new(patterns: Vec<DomainPattern>) -> Self {
-        DomainSet { patterns }
+        DomainSet {
+            patterns: patterns.into(),
+        }
     }
 
     /// True when the set admits every domain, so no user needs to be inspected.

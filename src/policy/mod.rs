@@ -17,6 +17,7 @@ use crate::token::usage::UsageStore;
 use crate::token::{TokenEntry, TokenIndex};
 use arc_swap::ArcSwap;
 use domain::{DomainPattern, DomainSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,9 +114,18 @@ impl Policy {
                 ),
             }));
         }
+        // Tokens mostly share a few domain lists: each distinct list is parsed once.
+        let mut domain_sets: HashMap<&[String], DomainSet> = HashMap::new();
         let tokens = TokenIndex::new(cfg.tokens.tokens.iter().filter_map(|rec| {
             let tenant = tenants.iter().find(|t| *t.id == *rec.tenant)?;
-            let mut entry = TokenEntry::from_record(rec, &tenant.domains, now)?;
+            let domains = match rec.domains.as_deref() {
+                Some(ds) => domain_sets
+                    .entry(ds)
+                    .or_insert_with(|| TokenEntry::parse_domains(ds))
+                    .clone(),
+                None => tenant.domains.clone(),
+            };
+            let mut entry = TokenEntry::with_domains(rec, domains, now)?;
             entry.last_used = usage.counter(&rec.id, rec.created_at.map(|t| t.unix()), now);
             entry.rate = limiters.slot(
                 "token",

@@ -6,9 +6,25 @@ use crate::config::{Problems, TokensFile};
 use std::io::Write;
 use std::path::Path;
 
+/// The file's text: YAML in its JSON form, one token per line, so a diff shows one line per
+/// changed token and a large file loads fast (see `config::parse_yaml`).
+pub fn render(file: &TokensFile) -> serde_json::Result<String> {
+    let mut out = String::from("{\"tokens\": [");
+    for (i, t) in file.tokens.iter().enumerate() {
+        out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        out.push_str(&serde_json::to_string(t)?);
+    }
+    out.push_str(if file.tokens.is_empty() {
+        "]}\n"
+    } else {
+        "\n]}\n"
+    });
+    Ok(out)
+}
+
 /// Atomically replaces `path` with `file`.
 pub fn write_tokens_file(path: &Path, file: &TokensFile) -> std::io::Result<()> {
-    let body = serde_yaml::to_string(file).map_err(std::io::Error::other)?;
+    let body = render(file).map_err(std::io::Error::other)?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -17,7 +33,9 @@ pub fn write_tokens_file(path: &Path, file: &TokensFile) -> std::io::Result<()> 
         .prefix(".tokens.")
         .suffix(".tmp")
         .tempfile_in(dir)?;
-    tmp.write_all(b"# Written by `scimgate token`. Holds hashes, never secrets.\n")?;
+    tmp.write_all(
+        b"# Written by `scimgate token`. Holds hashes, never secrets. YAML, in its JSON form.\n",
+    )?;
     tmp.write_all(body.as_bytes())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

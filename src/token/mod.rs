@@ -1,7 +1,7 @@
 //! Bearer tokens scimgate issues: their format (prefix, 256-bit secret, checksum), the hashed
 //! index the gateway validates against, and the token file the CLI edits.
 
-mod file;
+pub(crate) mod file;
 mod format;
 mod store;
 pub mod usage;

@@ -72,15 +72,26 @@ pub struct TokenEntry {
 impl TokenEntry {
     /// Builds an entry from a validated record; `tenant_domains` applies when the record names none.
     pub fn from_record(rec: &TokenRecord, tenant_domains: &DomainSet, now: u64) -> Option<Self> {
-        let digest: [u8; 32] = hex::decode(&rec.sha256).ok()?.try_into().ok()?;
         let domains = match &rec.domains {
-            Some(ds) => DomainSet::new(
-                ds.iter()
-                    .filter_map(|d| DomainPattern::parse(d).ok())
-                    .collect(),
-            ),
+            Some(ds) => Self::parse_domains(ds),
             None => tenant_domains.clone(),
         };
+        Self::with_domains(rec, domains, now)
+    }
+
+    /// A token record's own `domains` list as a set (invalid patterns were refused at load).
+    pub fn parse_domains(ds: &[String]) -> DomainSet {
+        DomainSet::new(
+            ds.iter()
+                .filter_map(|d| DomainPattern::parse(d).ok())
+                .collect(),
+        )
+    }
+
+    /// [`TokenEntry::from_record`] with the token's domains already resolved, so a large token
+    /// file parses each distinct domain list once.
+    pub fn with_domains(rec: &TokenRecord, domains: DomainSet, now: u64) -> Option<Self> {
+        let digest: [u8; 32] = hex::decode(&rec.sha256).ok()?.try_into().ok()?;
         let created = rec.created_at.map(|t| t.unix()).unwrap_or(now);
         let previous = match &rec.previous {
             Some(p) => Some((
@@ -102,6 +113,11 @@ impl TokenEntry {
             previous,
             rate: None,
         })
+    }
+
+    /// Whether this entry's current secret is the one whose hex SHA-256 is `sha256`.
+    pub fn has_digest(&self, sha256: &str) -> bool {
+        hex::decode(sha256).is_ok_and(|d| d == self.digest)
     }
 
     /// Checks status, expiry and idle expiry at `now`, and on success records the use.
