@@ -7,6 +7,7 @@
 use crate::config::{self, Config, Problems};
 use crate::policy::{Policy, PolicyHandle};
 use crate::token::usage::UsageStore;
+use crate::token::{TokenEntry, TokenIndex};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashSet;
@@ -68,21 +69,20 @@ pub fn warn_expiring(cfg: &Config) {
     crate::metrics::METRICS.tokens_expiring.set(soon);
 }
 
-/// Administrative events a new token file implies, as `(event, token id)`.
-pub fn token_changes(
-    before: Option<&config::TokensFile>,
-    after: &Config,
-) -> Vec<(&'static str, String)> {
+/// Administrative events a new token file implies, as `(event, token id)`, judged against the
+/// policy it replaces (which holds no copy of the old file).
+pub fn token_changes(before: &TokenIndex, after: &Config) -> Vec<(&'static str, String)> {
     use config::TokenStatus::*;
-    let Some(before) = before else {
-        return Vec::new();
-    };
+    // By id, so a file of a hundred thousand tokens diffs in linear time.
+    let old: std::collections::HashMap<&str, &TokenEntry> =
+        before.entries().map(|b| (&*b.id, &**b)).collect();
+    let new: HashSet<&str> = after.tokens.tokens.iter().map(|t| t.id.as_str()).collect();
     let mut out = Vec::new();
     for t in &after.tokens.tokens {
-        match before.tokens.iter().find(|b| b.id == t.id) {
+        match old.get(t.id.as_str()) {
             None => out.push(("token_issued", t.id.clone())),
             Some(b) => {
-                if b.sha256 != t.sha256 {
+                if !b.has_digest(&t.sha256) {
                     out.push(("token_rotated", t.id.clone()));
                 }
                 match (b.status, t.status) {
@@ -94,12 +94,29 @@ pub fn token_changes(
             }
         }
     }
-    for b in &before.tokens {
-        if !after.tokens.tokens.iter().any(|t| t.id == b.id) {
-            out.push(("token_removed", b.id.clone()));
+    for b in before.entries() {
+        if !new.contains(&*b.id) {
+            out.push(("token_removed", b.id.to_string()));
         }
     }
     out
+}
+
+/// The files whose change triggers a reload (configuration, tokens, certificates), by
+/// directory.
+pub fn watch_list(
+    config_path: &std::path::Path,
+    cfg: &Config,
+) -> Vec<(PathBuf, HashSet<OsString>)> {
+    let s = &cfg.gateway.server;
+    let mut files = vec![
+        config_path.to_owned(),
+        cfg.tokens_path.clone(),
+        cfg.resolve(&s.tls.cert),
+        cfg.resolve(&s.tls.key),
+    ];
+    files.extend(s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)));
+    dirs_of(&files)
 }
 
 /// Everything a reload replaces.
@@ -108,20 +125,28 @@ pub struct Reloader {
     pub policy: PolicyHandle,
     pub tls: TlsHandle,
     pub runtime: crate::policy::Runtime,
-    /// The token file as last loaded, to report what a reload changed.
-    pub last: std::sync::Mutex<Option<config::TokensFile>>,
     /// The listen addresses of the running server: changing them needs a restart.
     pub listen: (std::net::SocketAddr, Option<std::net::SocketAddr>),
+    /// What to watch: [`watch_list`] of the configuration at start.
+    pub watched: Vec<(PathBuf, HashSet<OsString>)>,
 }
 
 impl Reloader {
     /// Loads, validates and swaps in the configuration on disk. Returns whether it took effect.
+    /// Blocking (a large token file takes a while to read): run it off the async workers.
     pub fn reload(&self) -> bool {
         let before_tokens = self.policy.load().version.clone();
         let m = &crate::metrics::METRICS;
+        let started = std::time::Instant::now();
         match self.try_reload() {
-            Ok((cfg, previous)) => {
-                tracing::info!(policy_version = %cfg.version, tokens = cfg.tokens.tokens.len(), "policy reloaded");
+            Ok((cfg, old)) => {
+                let changes = token_changes(&old.tokens, &cfg);
+                tracing::info!(
+                    policy_version = %cfg.version,
+                    tokens = cfg.tokens.tokens.len(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "policy reloaded"
+                );
                 m.reloads
                     .get_or_create(&crate::metrics::ResultLabels { result: "success" })
                     .inc();
@@ -129,11 +154,11 @@ impl Reloader {
                     "policy_reloaded",
                     Some(format!("{} -> {}", before_tokens, cfg.version)),
                 );
-                for (event, id) in token_changes(previous.as_ref(), &cfg) {
+                for (event, id) in changes {
                     self.admin_event(event, Some(id));
                 }
                 warn_expiring(&cfg);
-                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(cfg.tokens.clone());
+                release(old);
                 true
             }
             Err(problems) => {
@@ -162,41 +187,28 @@ impl Reloader {
         }
     }
 
-    fn try_reload(&self) -> Result<(Config, Option<config::TokensFile>), Problems> {
+    fn try_reload(&self) -> Result<(Config, Arc<Policy>), Problems> {
         let cfg = config::load(&self.config_path)?;
-        let previous = self.last.lock().ok().and_then(|l| l.clone());
         let policy = Policy::compile_with(&cfg, &self.runtime)?;
         let tls = tls_for(&cfg).map_err(|e| Problems::single(&cfg.path, e))?;
         if (cfg.gateway.server.listen, cfg.gateway.admin_listen) != self.listen {
             tracing::warn!("listen addresses changed; they take effect on restart");
         }
         self.tls.store(tls);
-        self.policy.store(Arc::new(policy));
-        Ok((cfg, previous))
-    }
-
-    /// The files whose change triggers a reload, by directory.
-    fn watched(&self) -> Vec<(PathBuf, HashSet<OsString>)> {
-        let Ok(cfg) = config::load(&self.config_path) else {
-            return dirs_of(std::slice::from_ref(&self.config_path));
-        };
-        let s = &cfg.gateway.server;
-        let mut files = vec![
-            self.config_path.clone(),
-            cfg.tokens_path.clone(),
-            cfg.resolve(&s.tls.cert),
-            cfg.resolve(&s.tls.key),
-        ];
-        files.extend(s.tls.client_ca.as_ref().map(|p| cfg.resolve(p)));
-        dirs_of(&files)
+        let old = self.policy.swap(Arc::new(policy));
+        Ok((cfg, old))
     }
 
     /// Reloads on SIGHUP and on changes to the watched files until `shutdown` resolves.
     /// `hup` is the SIGHUP stream, registered by the caller before the gateway announces itself,
     /// so a SIGHUP right after start reloads instead of ending the process.
-    pub async fn run(self, hup: Option<Hangup>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        self: Arc<Self>,
+        hup: Option<Hangup>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watched = self.watched();
+        let watched = self.watched.clone();
         let names: Vec<(PathBuf, HashSet<OsString>)> = watched.clone();
         let watch_tx = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -254,10 +266,31 @@ impl Reloader {
                     // Editors and `scimgate token` write in several steps: let them settle.
                     tokio::time::sleep(Duration::from_millis(150)).await;
                     while rx.try_recv().is_ok() {}
-                    self.reload();
+                    let this = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || this.reload()).await;
                 }
             }
         }
+    }
+}
+
+/// Frees a replaced policy once the requests still judged by it are done, on a thread of its
+/// own: dropping a hundred thousand tokens takes tens of milliseconds that no request should
+/// wait for. Gives up waiting (and frees it wherever it is last released) after a minute.
+fn release(old: Arc<Policy>) {
+    let spawned = std::thread::Builder::new()
+        .name("scimgate-release".into())
+        .spawn(move || {
+            for _ in 0..600 {
+                if Arc::strong_count(&old) == 1 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(old);
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start a thread to free the old policy");
     }
 }
 

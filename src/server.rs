@@ -181,31 +181,27 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
     let tls: TlsHandle = Arc::new(ArcSwap::new(reload::tls_for(&cfg)?));
     reload::warn_expiring(&cfg);
     let opts = ServeOptions::from_config(&cfg);
+    let listen = (cfg.gateway.server.listen, cfg.gateway.admin_listen);
+    let version = cfg.version.clone();
     let reloader = Reloader {
+        watched: reload::watch_list(&config_path, &cfg),
         config_path,
         policy: policy.clone(),
         tls: tls.clone(),
         runtime,
-        last: std::sync::Mutex::new(Some(cfg.tokens.clone())),
-        listen: (cfg.gateway.server.listen, cfg.gateway.admin_listen),
+        listen,
     };
+    // The compiled policy is all that serving needs: the parsed files (a large token file's
+    // records) are not kept.
+    drop(cfg);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let hup = reload::hangup();
-    let reload_task = tokio::spawn(reloader.run(hup, stopped(stop_rx.clone())));
+    let reload_task = tokio::spawn(Arc::new(reloader).run(hup, stopped(stop_rx.clone())));
     let flush_task = tokio::spawn(reload::flush_usage(usage, stopped(stop_rx)));
-    let result = run(
-        cfg.gateway.server.listen,
-        cfg.gateway.admin_listen,
-        tls,
-        policy,
-        opts,
-        tokens,
-        &cfg.version,
-    )
-    .await;
+    let result = run(listen.0, listen.1, tls, policy, opts, tokens, &version).await;
     let _ = stop_tx.send(true);
     let _ = reload_task.await;
     let _ = flush_task.await;
