@@ -1550,6 +1550,40 @@ impl Gateway {
             .collect()
     }
 
+    /// Waits (bounded) until `n` access-log lines were written, then returns all of them. Lines
+    /// reach stderr up to a few milliseconds after the response (they are written in batches).
+    pub fn access_log_n(&self, n: usize) -> Vec<Value> {
+        let mut seen = 0;
+        let found = self.stderr.wait_for(LOG_TIMEOUT, |l| {
+            if serde_json::from_str::<Value>(l).is_ok_and(|v| v["target"] == "scimgate::access") {
+                seen += 1;
+            }
+            seen >= n
+        });
+        if let Err(why) = found {
+            panic!(
+                "fewer than {n} access-log lines ({why:?}); stderr:\n{}",
+                self.stderr.text()
+            );
+        }
+        self.access_log()
+    }
+
+    /// Waits (bounded) for an access-log line satisfying `pred` and returns it.
+    pub fn access_line(&self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let found = self.stderr.wait_for(LOG_TIMEOUT, |l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["target"] == "scimgate::access" && pred(&v))
+        });
+        match found {
+            Ok(l) => serde_json::from_str(&l).expect("JSON"),
+            Err(why) => panic!(
+                "no matching access-log line ({why:?}); stderr:\n{}",
+                self.stderr.text()
+            ),
+        }
+    }
+
     /// Waits (bounded) for the access-log line of the request with this `X-Request-Id`.
     pub fn access_log_for(&self, request_id: &str) -> Value {
         let found = self.stderr.wait_for(LOG_TIMEOUT, |l| {
