@@ -136,7 +136,9 @@ impl Blast {
 
 /// The shared limiter state, created once and kept across reloads.
 pub struct Limits {
-    limiters: Mutex<HashMap<(u64, u32), Arc<Keyed>>>,
+    /// By subject kind (`token`, `tenant`) and quota, so a key is a bare id shared with the
+    /// token or tenant it limits (no per-token key string).
+    limiters: Mutex<HashMap<(&'static str, u64, u32), Arc<Keyed>>>,
     auth_failures: Mutex<(AuthFailuresSection, Cache<IpAddr, Arc<AtomicU32>>)>,
     concurrency: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
     in_flight: Mutex<(u32, Arc<Semaphore>)>,
@@ -188,8 +190,9 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 impl Limits {
     /// The limiter for a quota (shared by every subject with that quota).
-    fn limiter(&self, q: Quota) -> Option<Arc<Keyed>> {
+    fn limiter(&self, name: &'static str, q: Quota) -> Option<Arc<Keyed>> {
         let id = (
+            name,
             q.replenish_interval().as_nanos() as u64,
             q.burst_size().get(),
         );
@@ -205,12 +208,12 @@ impl Limits {
         )
     }
 
-    /// A rate slot for `key` (`token:<id>`, `tenant:<id>`).
-    pub fn slot(&self, name: &'static str, key: &str, rate: Option<Rate>) -> Option<RateSlot> {
+    /// A rate slot for the `name` (`token`, `tenant`) with id `key`.
+    pub fn slot(&self, name: &'static str, key: &Arc<str>, rate: Option<Rate>) -> Option<RateSlot> {
         let rate = rate?;
         Some(RateSlot {
-            limiter: self.limiter(quota(rate)?)?,
-            key: key.into(),
+            limiter: self.limiter(name, quota(rate)?)?,
+            key: key.clone(),
             rate,
             name,
         })
@@ -300,7 +303,7 @@ impl Limits {
         let q = windowed(cap, cfg.window.0)?;
         let key = format!("{}:{token_id}", kind.reason());
         Some(RateSlot {
-            limiter: self.limiter(q)?,
+            limiter: self.limiter(kind.reason(), q)?,
             key: key.into(),
             rate: Rate {
                 per_second: 1,

@@ -95,8 +95,10 @@ impl Policy {
                     u
                 }
             };
+            let id: Arc<str> = t.id.as_str().into();
             tenants.push(Arc::new(Tenant {
-                id: t.id.as_str().into(),
+                rate: limiters.slot("tenant", &id, t.rate_limit.or(rl.tenant)),
+                id,
                 prefix: t.path_prefix.as_str().into(),
                 domains: DomainSet::new(
                     t.domains
@@ -107,11 +109,6 @@ impl Policy {
                 mode: t.mode.unwrap_or(cfg.gateway.mode),
                 allow_users_without_email: t.allow_users_without_email,
                 upstream,
-                rate: limiters.slot(
-                    "tenant",
-                    &format!("tenant:{}", t.id),
-                    t.rate_limit.or(rl.tenant),
-                ),
             }));
         }
         // Tokens mostly share a few domain lists: each distinct list is parsed once.
@@ -125,13 +122,9 @@ impl Policy {
                     .clone(),
                 None => tenant.domains.clone(),
             };
-            let mut entry = TokenEntry::with_domains(rec, domains, now)?;
-            entry.last_used = usage.counter(&rec.id, rec.created_at.map(|t| t.unix()), now);
-            entry.rate = limiters.slot(
-                "token",
-                &format!("token:{}", rec.id),
-                rec.rate_limit.or(rl.token),
-            );
+            let mut entry = TokenEntry::with_domains(rec, tenant.id.clone(), domains, now)?;
+            entry.last_used = usage.counter(&entry.id, rec.created_at.map(|t| t.unix()), now);
+            entry.rate = limiters.slot("token", &entry.id, rec.rate_limit.or(rl.token));
             Some(entry)
         }));
         Ok(Policy {

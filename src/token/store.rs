@@ -64,7 +64,7 @@ pub struct TokenEntry {
     /// the usage store, so it survives reloads and is persisted across restarts.
     pub last_used: Arc<AtomicU64>,
     /// The rotated-out secret's digest and the end of its overlap, if any.
-    previous: Option<([u8; 32], u64)>,
+    previous: Option<Box<([u8; 32], u64)>>,
     /// This token's rate limit, if any.
     pub rate: Option<crate::ratelimit::RateSlot>,
 }
@@ -76,7 +76,7 @@ impl TokenEntry {
             Some(ds) => Self::parse_domains(ds),
             None => tenant_domains.clone(),
         };
-        Self::with_domains(rec, domains, now)
+        Self::with_domains(rec, rec.tenant.as_str().into(), domains, now)
     }
 
     /// A token record's own `domains` list as a set (invalid patterns were refused at load).
@@ -90,19 +90,24 @@ impl TokenEntry {
 
     /// [`TokenEntry::from_record`] with the token's domains already resolved, so a large token
     /// file parses each distinct domain list once.
-    pub fn with_domains(rec: &TokenRecord, domains: DomainSet, now: u64) -> Option<Self> {
+    pub fn with_domains(
+        rec: &TokenRecord,
+        tenant: Arc<str>,
+        domains: DomainSet,
+        now: u64,
+    ) -> Option<Self> {
         let digest: [u8; 32] = hex::decode(&rec.sha256).ok()?.try_into().ok()?;
         let created = rec.created_at.map(|t| t.unix()).unwrap_or(now);
         let previous = match &rec.previous {
-            Some(p) => Some((
+            Some(p) => Some(Box::new((
                 hex::decode(&p.sha256).ok()?.try_into().ok()?,
                 p.expires_at.unix(),
-            )),
+            ))),
             None => None,
         };
         Some(TokenEntry {
             id: rec.id.as_str().into(),
-            tenant: rec.tenant.as_str().into(),
+            tenant,
             digest,
             scopes: rec.scopes.iter().copied().collect(),
             domains,
@@ -164,7 +169,7 @@ impl TokenIndex {
         let mut idx = TokenIndex::default();
         for e in entries {
             let e = Arc::new(e);
-            if let Some((digest, until)) = e.previous {
+            if let Some(&(digest, until)) = e.previous.as_deref() {
                 idx.by_digest.insert(
                     digest,
                     Slot {
@@ -209,8 +214,8 @@ impl TokenIndex {
         }
         let digest = super::hash(presented);
         let slot = self.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
-        let expected = match (slot.until, slot.entry.previous) {
-            (Some(_), Some((prev, _))) => prev,
+        let expected = match (slot.until, slot.entry.previous.as_deref()) {
+            (Some(_), Some(&(prev, _))) => prev,
             _ => slot.entry.digest,
         };
         if !bool::from(expected.ct_eq(&digest)) {

@@ -16,7 +16,8 @@ const FILE: &str = "token-usage.json";
 #[derive(Debug, Default)]
 pub struct UsageStore {
     dir: Option<PathBuf>,
-    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Keyed by the token entry's own id (shared, not copied).
+    counters: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
     /// What the file held at start, for ids not yet seen in a policy.
     persisted: HashMap<String, u64>,
     last_written: Mutex<BTreeMap<String, u64>>,
@@ -51,12 +52,12 @@ impl UsageStore {
     /// The counter for token `id`. A new counter starts at what was persisted (raised to
     /// `created`, for an id re-issued since), else at `created`, else at `now`. An existing
     /// counter is only ever raised by a newer `created`: a reload never renews idle time.
-    pub fn counter(&self, id: &str, created: Option<u64>, now: u64) -> Arc<AtomicU64> {
+    pub fn counter(&self, id: &Arc<str>, created: Option<u64>, now: u64) -> Arc<AtomicU64> {
         let Ok(mut map) = self.counters.lock() else {
             return Arc::new(AtomicU64::new(created.unwrap_or(now)));
         };
-        let c = map.entry(id.to_owned()).or_insert_with(|| {
-            let start = match (self.persisted.get(id).copied(), created) {
+        let c = map.entry(id.clone()).or_insert_with(|| {
+            let start = match (self.persisted.get(&**id).copied(), created) {
                 (Some(p), c) => p.max(c.unwrap_or(0)),
                 (None, Some(c)) => c,
                 (None, None) => now,
@@ -84,7 +85,7 @@ impl UsageStore {
         let snapshot: BTreeMap<String, u64> = match self.counters.lock() {
             Ok(m) => m
                 .iter()
-                .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+                .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
                 .collect(),
             Err(_) => return Ok(()),
         };
