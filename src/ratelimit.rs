@@ -64,6 +64,9 @@ pub fn check<C: Clock>(limiter: &Keyed<C>, key: &Arc<str>, cost: u32, rate: Rate
     }
 }
 
+/// A shared limiter's identity: subject kind, replenish interval (ns), burst.
+type LimiterId = (&'static str, u64, u32);
+
 /// One limited subject (a token or a tenant): its limiter, key and rate.
 #[derive(Clone)]
 pub struct RateSlot {
@@ -138,7 +141,7 @@ impl Blast {
 pub struct Limits {
     /// By subject kind (`token`, `tenant`) and quota, so a key is a bare id shared with the
     /// token or tenant it limits (no per-token key string).
-    limiters: Mutex<HashMap<(&'static str, u64, u32), Arc<Keyed>>>,
+    limiters: Mutex<HashMap<LimiterId, Arc<Keyed>>>,
     auth_failures: Mutex<(AuthFailuresSection, Cache<IpAddr, Arc<AtomicU32>>)>,
     concurrency: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
     in_flight: Mutex<(u32, Arc<Semaphore>)>,
