@@ -526,8 +526,29 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The document after its leading comment and blank lines, if it is a JSON object.
+/// The document after its leading comment and blank lines, if it is a JSON object that YAML
+/// reads the same way: no line break YAML knows and JSON does not (a lone CR, NEL, LS, PS, which
+/// could end a comment line early for YAML only), and no character YAML refuses.
 fn json_form(src: &str) -> Option<&str> {
+    let mut prev_cr = false;
+    for c in src.chars() {
+        let ok = match c {
+            '\n' | '\t' => true,
+            '\r' => true,
+            '\u{20}'..='\u{7e}' => true,
+            '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'.. => {
+                !matches!(c, '\u{2028}' | '\u{2029}')
+            }
+            _ => false,
+        };
+        if !ok || (prev_cr && c != '\n') {
+            return None;
+        }
+        prev_cr = c == '\r';
+    }
+    if prev_cr {
+        return None;
+    }
     let mut rest = src.strip_prefix('\u{feff}').unwrap_or(src);
     loop {
         let trimmed = rest.trim_start_matches([' ', '\t', '\r', '\n']);

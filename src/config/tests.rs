@@ -1008,6 +1008,21 @@ fn the_json_form_of_the_token_file_reads_like_yaml_and_errors_keep_their_line() 
     let none: TokensFile = parse_yaml(path, &empty, &mut problems).unwrap();
     assert!(none.tokens.is_empty() && problems.0.is_empty());
 
+    // A comment line that YAML ends early (at a lone CR, NEL, LS or PS) while JSON would not:
+    // the text is read as YAML, whatever it says as JSON.
+    for brk in ["\r", "\u{85}", "\u{2028}", "\u{2029}"] {
+        let tricky = format!("# c{brk}{{\"tokens\": []}}\n{{\"tokens\": [1]}}\n");
+        assert!(json_form(&tricky).is_none(), "{brk:?}");
+    }
+    assert!(
+        json_form("{\"a\": \"\u{7f}\"}").is_none(),
+        "DEL is not YAML"
+    );
+    assert!(
+        json_form("# c\r\n{\"tokens\": []}\r\n").is_some(),
+        "CRLF is fine"
+    );
+
     // An unknown key on line 4: serde_json refuses it, serde_yaml reports where.
     let bad = "# c\n{\"tokens\": [\n  {\"id\":\"a\",\"tenant\":\"acme\",\"sha256\":\"x\",\"scopes\":[]},\n  {\"id\":\"b\",\"bogus\":1}\n]}\n";
     assert!(parse_yaml::<TokensFile>(path, bad, &mut problems).is_none());

@@ -139,7 +139,15 @@ fn collect(obj: &Map<String, Value>, out: &mut Addresses, top: bool) {
 /// Collects every address of a User resource straight from its JSON text, without building a
 /// document tree: the same addresses as [`user_addresses`] over the parsed value (duplicate
 /// member names included, which a tree would collapse to the last), or the JSON error.
+///
+/// Stricter than the tree in two ways: text that is not UTF-8 is refused (members the scan
+/// skips are not otherwise decoded), and an address attribute named twice in one object (in any
+/// spelling) makes the user unreadable, since a backend keeping only one of them could store a
+/// user with no address where the scan saw one.
 pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> {
+    if let Err(e) = std::str::from_utf8(json) {
+        return Err(serde::de::Error::custom(format!("invalid UTF-8: {e}")));
+    }
     let mut out = Addresses::default();
     let mut de = serde_json::Deserializer::from_slice(json);
     serde::de::DeserializeSeed::deserialize(
@@ -271,6 +279,8 @@ impl<'de> serde::de::Visitor<'de> for Scan<'_> {
         if matches!(role, Role::UserName | Role::EmailValue) {
             self.out.unreadable = true;
         }
+        // Address attributes (userName, emails, value) already met in this object.
+        let mut seen = [false; 3];
         while let Some(Key(k)) = map.next_key::<Key>()? {
             let inner = match role {
                 Role::Top | Role::UrnObject => match address_attr(&k) {
@@ -284,6 +294,17 @@ impl<'de> serde::de::Visitor<'de> for Scan<'_> {
                 }
                 _ => None,
             };
+            let slot = match inner {
+                Some(Role::UserName) => Some(0),
+                Some(Role::Emails) => Some(1),
+                Some(Role::EmailValue) => Some(2),
+                _ => None,
+            };
+            if let Some(i) = slot {
+                if std::mem::replace(&mut seen[i], true) {
+                    self.out.unreadable = true;
+                }
+            }
             match inner {
                 Some(role) => map.next_value_seed(Scan {
                     out: &mut *self.out,

@@ -830,19 +830,21 @@ where
     }
     let (parts, bytes) = split(resp).await;
     if !bytes.is_empty() {
-        if let Ok(addresses) = scan_user_addresses(&bytes) {
-            if let Err(e) = ctx.policy().judge(&addresses) {
-                tracing::error!(
-                    reason = e.reason(),
-                    tenant = &*ctx.origin.tenant.id,
-                    token_id = &*ctx.token.id,
-                    "the backend stored a user outside the token's domains after a write the gateway allowed"
-                );
-                return Err(GatewayError::UpstreamInvalid(
-                    "the stored user is outside the token's domains",
-                )
-                .into());
-            }
+        // An answer the gateway cannot read is not passed on: it could hold any user.
+        let addresses = scan_user_addresses(&bytes).map_err(|_| {
+            GatewayError::UpstreamInvalid("the backend's answer to a write is not JSON")
+        })?;
+        if let Err(e) = ctx.policy().judge(&addresses) {
+            tracing::error!(
+                reason = e.reason(),
+                tenant = &*ctx.origin.tenant.id,
+                token_id = &*ctx.token.id,
+                "the backend stored a user outside the token's domains after a write the gateway allowed"
+            );
+            return Err(GatewayError::UpstreamInvalid(
+                "the stored user is outside the token's domains",
+            )
+            .into());
         }
     }
     Ok(GatewayResponse::from_parts(parts, Full::new(bytes)))
