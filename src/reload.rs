@@ -329,3 +329,55 @@ pub async fn flush_usage(usage: Arc<UsageStore>, shutdown: impl std::future::Fut
         tracing::warn!(error = %e, "cannot write token usage");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenStatus;
+    use crate::policy::scope::Scope;
+
+    #[test]
+    fn token_changes_name_each_change_by_id_against_the_replaced_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::test_util::write_config(dir.path(), "127.0.0.1:9".parse().unwrap(), "x");
+        for id in [
+            "kept",
+            "revoked",
+            "rotated",
+            "removed",
+            "suspended",
+            "resumed",
+        ] {
+            crate::test_util::add_token(&cfg, id, "acme", &[Scope::UsersRead], None);
+        }
+        crate::token::update_tokens_file(&cfg.with_file_name("tokens.yaml"), |f| {
+            f.tokens[5].status = TokenStatus::Suspended;
+            Ok(())
+        })
+        .unwrap();
+        let before = crate::test_util::load_policy(&cfg);
+        crate::test_util::add_token(&cfg, "issued", "acme", &[Scope::UsersRead], None);
+        crate::token::update_tokens_file(&cfg.with_file_name("tokens.yaml"), |f| {
+            f.tokens[1].status = TokenStatus::Revoked;
+            f.tokens[2].sha256 = "ab".repeat(32);
+            f.tokens[4].status = TokenStatus::Suspended;
+            f.tokens[5].status = TokenStatus::Active;
+            f.tokens.remove(3);
+            Ok(())
+        })
+        .unwrap();
+        let after = config::load(&cfg).unwrap_or_else(|p| panic!("{p}"));
+        let mut got = token_changes(&before.tokens, &after);
+        got.sort();
+        let want = [
+            ("token_issued", "issued"),
+            ("token_removed", "removed"),
+            ("token_resumed", "resumed"),
+            ("token_revoked", "revoked"),
+            ("token_rotated", "rotated"),
+            ("token_suspended", "suspended"),
+        ];
+        let want: Vec<(&str, String)> = want.iter().map(|(e, i)| (*e, i.to_string())).collect();
+        assert_eq!(got, want);
+    }
+}
