@@ -1347,6 +1347,22 @@ fn sigterm_stops_the_gateway_with_exit_status_0() {
 }
 
 #[test]
+fn sigterm_right_after_the_listening_line_drains_instead_of_killing() {
+    // The handlers are installed before the gateway announces itself: a supervisor that stops
+    // it as soon as it is up gets a clean exit, not death by the default SIGTERM action.
+    let setup = setup_without_backend();
+    let mut gw = setup.start(); // returns once the "listening" line is out
+    let status = gw
+        .terminate(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running 10s after SIGTERM; stderr:\n{}", gw.stderr()));
+    assert!(
+        status.success(),
+        "exit status {status} after an early SIGTERM; stderr:\n{}",
+        gw.stderr()
+    );
+}
+
+#[test]
 fn sigterm_lets_an_in_flight_request_finish() {
     let silent = SilentUpstream::start();
     let (_backend, setup) = backend_and_setup(|o| {

@@ -41,17 +41,11 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {listen}: {e} (pick another with --listen)"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
+    let signal = server::shutdown_signal();
     print_instructions(addr, &cert_path, &token);
     let opts = ServeOptions::from_config(&cfg);
     let tls = std::sync::Arc::new(arc_swap::ArcSwap::new(tls));
-    server::run_gateway(
-        listener,
-        tls,
-        policy::handle(compiled),
-        opts,
-        server::shutdown_signal(),
-    )
-    .await;
+    server::run_gateway(listener, tls, policy::handle(compiled), opts, signal).await;
     drop(dir);
     Ok(())
 }
