@@ -1586,17 +1586,7 @@ impl Gateway {
 
     /// Waits (bounded) for the access-log line of the request with this `X-Request-Id`.
     pub fn access_log_for(&self, request_id: &str) -> Value {
-        let found = self.stderr.wait_for(LOG_TIMEOUT, |l| {
-            serde_json::from_str::<Value>(l)
-                .is_ok_and(|v| v["target"] == "scimgate::access" && v["request_id"] == request_id)
-        });
-        match found {
-            Ok(l) => serde_json::from_str(&l).expect("JSON"),
-            Err(why) => panic!(
-                "no access-log line with request_id {request_id:?} ({why:?}); stderr:\n{}",
-                self.stderr.text()
-            ),
-        }
+        self.access_line(|v| v["request_id"] == request_id)
     }
 
     pub fn pid(&self) -> u32 {
