@@ -1398,3 +1398,34 @@ fn sigterm_lets_an_in_flight_request_finish() {
         gw.stderr()
     );
 }
+
+/// A body the gateway refuses before reading all of it (over the limit, or a request refused
+/// before its body is read) must not turn the answer into a connection reset: the gateway
+/// drains what the client still sends. Without that, the 403 failed with "broken pipe" within
+/// the first few requests, and the 413s about one time in forty.
+#[test]
+fn refusals_before_a_large_body_is_read_still_reach_the_client() {
+    let (backend, setup) = backend_and_setup(|_| {});
+    let writer = setup.issue("acme", "entra", &[]);
+    let reader = setup.issue("acme", "reader", &["users:read"]);
+    let gw = setup.start();
+    let mut big = user_body("big@acme.com");
+    big["displayName"] = json!("x".repeat(300_000));
+    for i in 0..120 {
+        let (req, want) = match i % 3 {
+            0 => (Req::post(&acme("/Users"), &big).bearer(&writer), 413),
+            1 => (
+                Req::post(&acme("/Users"), &big)
+                    .bearer(&writer)
+                    .chunked(8192),
+                413,
+            ),
+            _ => (Req::post(&acme("/Users"), &big).bearer(&reader), 403),
+        };
+        let r = gw
+            .try_send(req)
+            .unwrap_or_else(|e| panic!("request {i}: the refusal was lost: {e}"));
+        assert_scim_error(&r, want);
+    }
+    assert_nothing_forwarded(&backend);
+}

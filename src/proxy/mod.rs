@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! access_log        one JSON line per request, whatever happens below
+//! drain_unread_body a body left unread below is drained in the background (no reset)
 //! request_id        X-Request-Id: kept when sane, generated otherwise, echoed on the response
 //! scim_errors       every refusal below becomes a SCIM error response, here and only here
 //! snapshot_policy   the live policy is read once, so a reload never splits a request
@@ -23,6 +24,7 @@ pub mod access_log;
 pub mod authenticate;
 pub mod authorize_scope;
 pub mod directory;
+pub mod drain_unread_body;
 pub mod enforce_domains;
 pub mod forward;
 pub mod limit_request_time;
@@ -108,6 +110,7 @@ where
 {
     ServiceBuilder::new()
         .layer(access_log::layer())
+        .layer(drain_unread_body::layer())
         .layer(request_id::layer())
         .layer(scim_errors::layer())
         .layer(snapshot_policy::layer(policy))
