@@ -7,6 +7,7 @@
 //! - list-response filtering of 100 users
 //! - PATCH analysis
 //! - the rate-limiter check with 1, 10k and 1M keys
+//! - the per-request access line, built directly against tracing-subscriber's JSON formatter
 //! - the whole tower stack in-process against the in-memory backend, against calling the
 //!   backend directly
 //!
@@ -18,7 +19,7 @@ use scimgate::policy::domain::{DomainPattern, DomainSet};
 use scimgate::policy::patch::judge_user_patch;
 use scimgate::policy::route::{classify, normalize_path};
 use scimgate::policy::scope::{authorize, Scope};
-use scimgate::policy::user::DomainPolicy;
+use scimgate::policy::user::{scan_user_addresses, DomainPolicy};
 use scimgate::ratelimit::{check, quota, Keyed};
 use scimgate::scim::json::{parse_strict, MAX_DEPTH};
 use scimgate::token::{TokenEntry, TokenIndex};
@@ -127,6 +128,13 @@ fn inspection(c: &mut Criterion) {
             b.iter(|| {
                 let v = parse_strict(black_box(&bytes), MAX_DEPTH).unwrap();
                 policy.judge_user(&v).unwrap();
+            })
+        });
+        // What GET /Users/{id} and write answers do: addresses read straight from the text.
+        g.bench_function(BenchmarkId::new("scan_and_judge", name), |b| {
+            b.iter(|| {
+                let a = scan_user_addresses(black_box(&bytes)).unwrap();
+                policy.judge(&a).unwrap();
             })
         });
         g.bench_function(BenchmarkId::new("baseline_serde_json_parse", name), |b| {
@@ -246,5 +254,71 @@ fn stack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tokens, decision, inspection, limiter, stack);
+/// The access line as scimgate writes it, against the same line through tracing-subscriber's
+/// JSON formatter (what it used before), both into a sink.
+fn access_line(c: &mut Criterion) {
+    use scimgate::telemetry::JsonLine;
+    let path = "/acme/scim/v2/Users/2819c223-7f76-453a-919d-413861904646";
+    let mut g = c.benchmark_group("access_line");
+    g.bench_function("direct", |b| {
+        b.iter(|| {
+            let mut l = JsonLine::info("request");
+            l.opt_str("request_id", Some("f190dc51-000000000002"))
+                .opt_str("tenant", Some("acme"))
+                .opt_str("token_id", Some("bench"))
+                .str("method", "GET")
+                .opt_str("path", Some(black_box(path)))
+                .num("raw_path_len", 56)
+                .opt_str("operation", Some("get"))
+                .str("decision", "allow")
+                .opt_str("reason", None)
+                .num("status", 200)
+                .opt_num("upstream_status", Some(200))
+                .opt_str("policy_version", Some("506e366ea1ca089a"))
+                .num("duration_us", 812);
+            std::io::Write::write_all(&mut std::io::sink(), &l.finish("scimgate::access"))
+        })
+    });
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        g.bench_function("baseline_tracing_json", |b| {
+            b.iter(|| {
+                tracing::info!(
+                    target: "scimgate::access",
+                    request_id = Some("f190dc51-000000000002"),
+                    tenant = Some("acme"),
+                    token_id = Some("bench"),
+                    method = "GET",
+                    path = Some(black_box(path)),
+                    raw_path_len = 56u64,
+                    operation = Some("get"),
+                    decision = "allow",
+                    reason = None::<&str>,
+                    status = 200u16,
+                    upstream_status = Some(200u16),
+                    policy_version = Some("506e366ea1ca089a"),
+                    duration_us = 812u64,
+                    "request"
+                )
+            })
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    tokens,
+    decision,
+    inspection,
+    access_line,
+    limiter,
+    stack
+);
 criterion_main!(benches);

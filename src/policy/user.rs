@@ -145,11 +145,13 @@ fn collect(obj: &Map<String, Value>, out: &mut Addresses, top: bool) {
 /// spelling) makes the user unreadable, since a backend keeping only one of them could store a
 /// user with no address where the scan saw one.
 pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> {
-    if let Err(e) = std::str::from_utf8(json) {
-        return Err(serde::de::Error::custom(format!("invalid UTF-8: {e}")));
-    }
+    let json = match std::str::from_utf8(json) {
+        Ok(text) => text,
+        Err(e) => return Err(serde::de::Error::custom(format!("invalid UTF-8: {e}"))),
+    };
     let mut out = Addresses::default();
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // From the checked text, so serde_json does not check each string's UTF-8 again.
+    let mut de = serde_json::Deserializer::from_str(json);
     serde::de::DeserializeSeed::deserialize(
         Scan {
             out: &mut out,

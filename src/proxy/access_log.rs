@@ -51,6 +51,9 @@ impl RecordHandle {
     }
 }
 
+/// The access line's tracing target: `RUST_LOG=scimgate::access=off` turns the lines off.
+pub const TARGET: &str = "scimgate::access";
+
 #[derive(Clone, Copy, Default)]
 pub struct AccessLogLayer;
 
@@ -221,21 +224,30 @@ fn emit(
             })
             .inc();
     }
-    tracing::info!(
-        target: "scimgate::access",
-        request_id = r.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        tenant = r.tenant.as_deref(),
-        token_id = r.token_id.as_deref(),
-        method = method.as_str(),
-        path = r.path.as_deref().map(redacted),
-        raw_path_len,
-        operation = r.operation,
-        decision,
-        reason = r.reason,
-        status,
-        upstream_status = r.upstream_status,
-        policy_version = r.policy_version.as_deref(),
-        duration_us = elapsed.as_micros() as u64,
-        "request"
-    );
+    // Built directly rather than through tracing's field visitors, which cost ten times more;
+    // RUST_LOG still decides whether the line is written.
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let Some(writer) = crate::telemetry::writer() else {
+        return;
+    };
+    let mut line = crate::telemetry::JsonLine::info("request");
+    line.opt_str(
+        "request_id",
+        r.request_id.as_ref().and_then(|v| v.to_str().ok()),
+    )
+    .opt_str("tenant", r.tenant.as_deref())
+    .opt_str("token_id", r.token_id.as_deref())
+    .str("method", method.as_str())
+    .opt_str("path", r.path.as_deref().map(redacted))
+    .num("raw_path_len", raw_path_len as u64)
+    .opt_str("operation", r.operation)
+    .str("decision", decision)
+    .opt_str("reason", r.reason)
+    .num("status", status.into())
+    .opt_num("upstream_status", r.upstream_status.map(u64::from))
+    .opt_str("policy_version", r.policy_version.as_deref())
+    .num("duration_us", elapsed.as_micros() as u64);
+    writer.write_line(&line.finish(TARGET));
 }

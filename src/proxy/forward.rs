@@ -18,19 +18,51 @@ use tower::Service;
 #[derive(Clone, Copy, Default)]
 pub struct Forward;
 
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1), `Upgrade` included: never passed on either way.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Client headers the backend never sees: the client's credential and anything the gateway
+/// sets itself, and headers some frameworks honour to change the method or path after the
+/// gateway has judged them.
+fn is_replaced_upstream(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "host"
+            | "content-length"
+            | "accept-encoding"
+            | "cookie"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-real-ip"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-original-method"
+    )
+}
+
+/// Removes every header `drop` picks, plus those the `Connection` header names. One pass over
+/// the names present instead of one hash lookup per name that might be: a request carries a
+/// handful of headers and this runs on every request.
+fn remove_headers(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -38,10 +70,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| drop(n) || named.contains(n))
+        .cloned()
+        .collect();
+    for n in doomed {
         headers.remove(n);
     }
-    headers.remove(header::UPGRADE);
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_headers(headers, is_hop_by_hop);
 }
 
 /// Rewrites the client's headers into the backend request's headers, in place.
@@ -50,29 +91,7 @@ pub fn upstream_headers(
     conn: Option<&ClientConn>,
     credential: Option<&HeaderValue>,
 ) {
-    strip_hop_by_hop(headers);
-    for h in [
-        header::AUTHORIZATION,
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::ACCEPT_ENCODING,
-        header::COOKIE,
-        header::FORWARDED,
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderName::from_static("x-forwarded-host"),
-        HeaderName::from_static("x-real-ip"),
-        // Headers some frameworks honour to change the method or path after the gateway has
-        // judged them.
-        HeaderName::from_static("x-http-method-override"),
-        HeaderName::from_static("x-http-method"),
-        HeaderName::from_static("x-method-override"),
-        HeaderName::from_static("x-original-url"),
-        HeaderName::from_static("x-rewrite-url"),
-        HeaderName::from_static("x-original-method"),
-    ] {
-        headers.remove(h);
-    }
+    remove_headers(headers, |n| is_hop_by_hop(n) || is_replaced_upstream(n));
     if let Some(c) = credential {
         headers.insert(header::AUTHORIZATION, c.clone());
     }

@@ -1732,3 +1732,159 @@ async fn bulk_operations_on_one_user_are_judged_together() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "forwarded: {:?}", r.body);
     assert!(String::from_utf8_lossy(&r.body).contains("one operation per resource"));
 }
+
+#[test]
+fn upstream_headers_keep_only_what_the_backend_may_see() {
+    let mut h = http::HeaderMap::new();
+    for (name, value) in [
+        ("host", "gw.example.com"),
+        ("authorization", "Bearer client-secret"),
+        ("content-type", "application/scim+json"),
+        ("content-length", "12"),
+        ("accept", "application/scim+json"),
+        ("connection", "keep-alive, X-Named-Secret"),
+        ("keep-alive", "timeout=5"),
+        ("x-named-secret", "1"),
+        ("te", "trailers"),
+        ("upgrade", "h2c"),
+        ("proxy-authorization", "Basic x"),
+        ("cookie", "a=b"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-http-method-override", "DELETE"),
+        ("x-original-url", "/globex/scim/v2/Users"),
+        ("x-custom", "kept"),
+    ] {
+        h.append(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    h.append("x-custom", HeaderValue::from_static("kept twice"));
+    let conn = ClientConn {
+        remote: "192.0.2.7:5000".parse().unwrap(),
+        local: "127.0.0.1:8443".parse().unwrap(),
+        client_cert: false,
+        client_cert_subject: None,
+    };
+    let credential = HeaderValue::from_static(CREDENTIAL);
+    forward::upstream_headers(&mut h, Some(&conn), Some(&credential));
+    let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "authorization",
+            "content-type",
+            "x-custom",
+            "x-forwarded-for",
+            "x-forwarded-proto"
+        ]
+    );
+    assert_eq!(h[header::AUTHORIZATION], CREDENTIAL);
+    assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h.get_all("x-custom").iter().count(), 2);
+}
+
+#[test]
+fn generated_request_ids_are_prefix_and_counter_in_hex() {
+    let a = request_id::generate();
+    let b = request_id::generate();
+    let parse = |v: &HeaderValue| {
+        let s = v.to_str().unwrap().to_owned();
+        let (p, n) = s.split_once('-').unwrap();
+        assert_eq!((p.len(), n.len()), (8, 12), "{s}");
+        assert!(s
+            .bytes()
+            .all(|c| c == b'-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        (p.to_owned(), u64::from_str_radix(n, 16).unwrap())
+    };
+    let (pa, na) = parse(&a);
+    let (pb, nb) = parse(&b);
+    assert_eq!(pa, pb, "one prefix per process");
+    assert!(nb > na, "the counter increases");
+}
+
+/// A body of `frames` 1 KiB frames that counts what was taken and says when it is dropped.
+struct Counted {
+    left: usize,
+    taken: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        self.taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            &[b'x'; 1024],
+        )))))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.dropped.notify_one();
+    }
+}
+
+/// Wraps a `frames`-frame body as the stack does and drops the request unread; returns how
+/// many frames were read before the body was let go.
+async fn abandon(frames: usize, expect_continue: bool) -> usize {
+    use tower::Layer;
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let body = Counted {
+        left: frames,
+        taken: taken.clone(),
+        dropped: dropped.clone(),
+    };
+    let mut req = http::Request::post("/acme/scim/v2/Users");
+    if expect_continue {
+        req = req.header(header::EXPECT, "100-continue");
+    }
+    let req = req.body(body).unwrap();
+    // The layer's request mapping, applied to a service that drops what it is given.
+    let svc = drain_unread_body::layer().layer(tower::service_fn(
+        |r: http::Request<drain_unread_body::DrainOnDrop>| async move {
+            drop(r);
+            Ok::<_, std::convert::Infallible>(())
+        },
+    ));
+    svc.oneshot(req).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), dropped.notified())
+        .await
+        .expect("the body was let go");
+    taken.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn an_abandoned_body_is_read_to_its_end_in_the_background() {
+    assert_eq!(abandon(100, false).await, 100);
+}
+
+#[tokio::test]
+async fn draining_stops_at_its_byte_bound() {
+    let cap = drain_unread_body::DRAIN_BYTES / 1024;
+    let taken = abandon(4 * cap, false).await;
+    assert!(
+        (cap..=cap + 1).contains(&taken),
+        "read {taken} KiB of a {} KiB body",
+        4 * cap
+    );
+}
+
+#[tokio::test]
+async fn a_body_behind_expect_continue_is_not_read() {
+    assert_eq!(abandon(100, true).await, 0);
+}
