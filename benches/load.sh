@@ -2,8 +2,8 @@
 # Load benchmark: what scimgate enforcing its full policy costs, next to nginx and HAProxy doing
 # plain TLS proxying, in front of one fast static SCIM backend, on the same machine in one run.
 #
-#   benches/load.sh                     # DURATION=10 WARMUP=2 by default (about 4 minutes)
-#   DURATION=5 benches/load.sh          # shorter
+#   benches/load.sh                     # 3 rounds, DURATION=5 WARMUP=2 (about 7 minutes)
+#   ROUNDS=1 DURATION=5 benches/load.sh # one round (about 2.5 minutes), noisier
 #
 # Everything listens on loopback only. Each server gets its own generated configuration
 # (templates in benches/load/) in a temporary directory; every process started here is stopped
@@ -14,11 +14,14 @@
 # policy on requests and responses (rate limits set high enough never to trigger).
 # Scenarios: GET /Users/{id}, GET /Users?filter=..., POST /Users, PATCH /Users/{id}, each
 # measured with `wrk -t1 -c$CONNECTIONS -d$DURATION` after a $WARMUP-second warm-up.
+# Every row is measured ROUNDS times, the rounds interleaving all targets, and the median is
+# reported with the range: on a shared machine the speed drifts between rows, and
+# interleaving makes the drift hit every target alike instead of whichever ran last.
 #
 # The report (markdown) is printed and written to benches/results/load-<timestamp>.md and
 # benches/results/latest.md.
 #
-# Environment: DURATION (s, default 10), WARMUP (s, default 2), CONNECTIONS (default 32),
+# Environment: ROUNDS (default 3), DURATION (s, default 5), WARMUP (s, default 2), CONNECTIONS (default 32),
 # PROXY_WORKERS (nginx workers / HAProxy threads, default: nproc), BACKEND_WORKERS (default 1),
 # ACCESS_LOGS (on|off, default on: every proxy writes one access-log line per request to a file,
 # as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory),
@@ -33,7 +36,8 @@ RESULTS_DIR=$ROOT/benches/results
 BIN=$ROOT/target/release/scimgate
 BARE_BIN=$ROOT/target/release/examples/bare_proxy
 
-DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 PROXY_WORKERS=${PROXY_WORKERS:-$(nproc)}
@@ -430,18 +434,22 @@ done
 
 LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 CLK_TCK=$(getconf CLK_TCK)
-declare -A RPS P50 P99 ERRS SOCKERR CPU_US OTHER
+declare -A RPS P50 P99 ERRS SOCKERR CPU_US OTHER RPS_RANGE
+# Per round, keyed target/scenario#round.
+declare -A R_RPS R_P50 R_P99 R_CPU R_OTHER
 NOISY=0
 FAILED_ROWS=0
 RAW=""
-total=$((${#TARGETS[@]} * ${#SCENARIOS[@]}))
+total=$((${#TARGETS[@]} * ${#SCENARIOS[@]} * ROUNDS))
 i=0
+for ((round = 1; round <= ROUNDS; round++)); do
 for scenario in "${SCENARIOS[@]}"; do
     for target in "${TARGETS[@]}"; do
         i=$((i + 1))
         url="$(base_url "$target")$(scenario_path "$scenario")"
         k="$target/$scenario"
-        log "[$i/$total] $target $(scenario_label "$scenario"): ${WARMUP}s warm-up, ${DURATION}s measured"
+        kr="$k#$round"
+        log "[$i/$total] round $round: $target $(scenario_label "$scenario"): ${WARMUP}s warm-up, ${DURATION}s measured"
         wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" --timeout 5s -s "$LOAD_DIR/$scenario.lua" "$url" \
             >"$TMP/wrk/warmup.txt" 2>&1 || die "wrk warm-up failed: $(cat "$TMP/wrk/warmup.txt")"
         pid=${PID_OF[$target]}
@@ -449,7 +457,7 @@ for scenario in "${SCENARIOS[@]}"; do
         backend0=$(cpu_ticks "${PID_OF[backend]}")
         own0=$(own_children_ticks)
         busy0=$(cpu_busy)
-        out=$TMP/wrk/$target-$scenario.txt
+        out=$TMP/wrk/$target-$scenario-$round.txt
         wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$LOAD_DIR/$scenario.lua" "$url" \
             >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
         busy1=$(cpu_busy)
@@ -461,23 +469,52 @@ for scenario in "${SCENARIOS[@]}"; do
         other=$((busy1 - busy0 - (own1 - own0) - (cpu1 - cpu0)))
         [[ $target != backend ]] && other=$((other - (backend1 - backend0)))
         ((other < 0)) && other=0
-        OTHER[$k]=$(awk -v t="$other" -v hz="$CLK_TCK" -v d="$DURATION" 'BEGIN {printf "%.0f", t / hz / d * 100}')
-        ((OTHER[$k] > 25)) && NOISY=$((NOISY + 1))
+        R_OTHER[$kr]=$(awk -v t="$other" -v hz="$CLK_TCK" -v d="$DURATION" 'BEGIN {printf "%.0f", t / hz / d * 100}')
+        ((R_OTHER[$kr] > 25)) && NOISY=$((NOISY + 1))
         line=$(grep '^RESULT ' "$out") || die "wrk printed no RESULT line: $(cat "$out")"
         declare -A r=()
         for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
-        RPS[$k]=$(awk -v n="${r[requests]}" -v d="${r[duration_us]}" 'BEGIN {printf "%.0f", n / (d / 1e6)}')
-        P50[$k]=$(awk -v v="${r[p50_us]}" 'BEGIN {printf "%.2f", v / 1000}')
-        P99[$k]=$(awk -v v="${r[p99_us]}" 'BEGIN {printf "%.2f", v / 1000}')
-        ERRS[$k]=${r[status]}
-        SOCKERR[$k]=$((r[connect] + r[read] + r[write] + r[timeout]))
-        if ((ERRS[$k] + SOCKERR[$k] > 0)); then
+        R_RPS[$kr]=$(awk -v n="${r[requests]}" -v d="${r[duration_us]}" 'BEGIN {printf "%.0f", n / (d / 1e6)}')
+        R_P50[$kr]=$(awk -v v="${r[p50_us]}" 'BEGIN {printf "%.2f", v / 1000}')
+        R_P99[$kr]=$(awk -v v="${r[p99_us]}" 'BEGIN {printf "%.2f", v / 1000}')
+        errs=${r[status]}
+        sockerr=$((r[connect] + r[read] + r[write] + r[timeout]))
+        ERRS[$k]=$((${ERRS[$k]:-0} + errs))
+        SOCKERR[$k]=$((${SOCKERR[$k]:-0} + sockerr))
+        if ((errs + sockerr > 0)); then
             FAILED_ROWS=$((FAILED_ROWS + 1))
-            log "warning: $target $(scenario_label "$scenario"): ${ERRS[$k]} HTTP errors, ${SOCKERR[$k]} socket errors"
+            log "warning: $target $(scenario_label "$scenario"): $errs HTTP errors, $sockerr socket errors"
         fi
-        CPU_US[$k]=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${r[requests]}" \
+        R_CPU[$kr]=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${r[requests]}" \
             'BEGIN {printf "%.0f", n ? t / hz * 1e6 / n : 0}')
-        RAW+="#### $target, $(scenario_label "$scenario")"$'\n\n```text\n'"$(cat "$out")"$'\n```\n\n'
+        RAW+="#### round $round: $target, $(scenario_label "$scenario")"$'\n\n```text\n'"$(cat "$out")"$'\n```\n\n'
+    done
+done
+done
+
+# median VALUES...: the middle value (the mean of the two middle ones for an even count).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# max, min VALUES...: the largest, the smallest.
+max() { printf '%s\n' "$@" | sort -g | tail -n1; }
+min() { printf '%s\n' "$@" | sort -g | head -n1; }
+for scenario in "${SCENARIOS[@]}"; do
+    for target in "${TARGETS[@]}"; do
+        k="$target/$scenario"
+        rps=() p50=() p99=() cpu=() others=()
+        for ((round = 1; round <= ROUNDS; round++)); do
+            kr="$k#$round"
+            rps+=("${R_RPS[$kr]}") p50+=("${R_P50[$kr]}") p99+=("${R_P99[$kr]}")
+            cpu+=("${R_CPU[$kr]}") others+=("${R_OTHER[$kr]}")
+        done
+        RPS[$k]=$(printf '%.0f' "$(median "${rps[@]}")")
+        RPS_RANGE[$k]="$(min "${rps[@]}")–$(max "${rps[@]}")"
+        P50[$k]=$(printf '%.2f' "$(median "${p50[@]}")")
+        P99[$k]=$(printf '%.2f' "$(median "${p99[@]}")")
+        CPU_US[$k]=$(printf '%.0f' "$(median "${cpu[@]}")")
+        OTHER[$k]=$(max "${others[@]}")
     done
 done
 LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -510,6 +547,7 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "# scimgate load benchmark"
     echo
     echo "\`benches/load.sh\`: wrk -t1 -c$CONNECTIONS, ${WARMUP}s warm-up then ${DURATION}s measured per row;"
+    echo "$ROUNDS round(s) interleaving the targets; the median of the rounds is reported (req/s with its range);"
     echo "loopback only; one static nginx SCIM backend (plain HTTP, $BACKEND_WORKERS worker);"
     echo "nginx ($PROXY_WORKERS workers) and HAProxy ($PROXY_WORKERS threads) terminate TLS and proxy;"
     echo "scimgate terminates TLS and enforces token, tenant, scope and email-domain policy on"
@@ -536,12 +574,12 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "## Results"
     echo
-    echo "| target | scenario | req/s | p50 ms | p99 ms | HTTP errors (>=400) | socket errors | target CPU µs/req | other CPU % |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| target | scenario | req/s | req/s range | p50 ms | p99 ms | HTTP errors (>=400) | socket errors | target CPU µs/req | other CPU % (max) |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for scenario in "${SCENARIOS[@]}"; do
         for target in "${TARGETS[@]}"; do
             k="$target/$scenario"
-            echo "| $target | $(scenario_label "$scenario") | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERRS[$k]} | ${SOCKERR[$k]} | ${CPU_US[$k]} | ${OTHER[$k]} |"
+            echo "| $target | $(scenario_label "$scenario") | ${RPS[$k]} | ${RPS_RANGE[$k]} | ${P50[$k]} | ${P99[$k]} | ${ERRS[$k]} | ${SOCKERR[$k]} | ${CPU_US[$k]} | ${OTHER[$k]} |"
         done
     done
     echo
