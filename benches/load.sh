@@ -26,6 +26,12 @@
 # ACCESS_LOGS (on|off, default on: every proxy writes one access-log line per request to a file,
 # as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory),
 # TARGETS and SCENARIOS (space-separated subsets, e.g. TARGETS="nginx scimgate" SCENARIOS=get).
+#
+# INSTRUCTIONS=1 runs bare and scimgate under valgrind's callgrind instead and reports the
+# instructions each executes per request (counted only while wrk measures): unlike time, the
+# count does not drift with whatever else the machine runs, so two commits compare exactly.
+# Defaults in that mode: TARGETS="bare scimgate", CONNECTIONS=4, ROUNDS=1. valgrind emulates a
+# CPU without SHA extensions, so SHA-256 (token hash, audit chain) counts in its portable form.
 
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true # '&' in a ${x//a/b} replacement stays literal
@@ -36,6 +42,12 @@ RESULTS_DIR=$ROOT/benches/results
 BIN=$ROOT/target/release/scimgate
 BARE_BIN=$ROOT/target/release/examples/bare_proxy
 
+INSTRUCTIONS=${INSTRUCTIONS:-0}
+if [[ $INSTRUCTIONS == 1 ]]; then
+    ROUNDS=${ROUNDS:-1}
+    CONNECTIONS=${CONNECTIONS:-4}
+    TARGETS=${TARGETS:-bare scimgate}
+fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
@@ -60,6 +72,12 @@ for v in DURATION WARMUP CONNECTIONS PROXY_WORKERS BACKEND_WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $ACCESS_LOGS == on || $ACCESS_LOGS == off ]] || die "ACCESS_LOGS must be on or off"
+[[ $INSTRUCTIONS == 0 || $INSTRUCTIONS == 1 ]] || die "INSTRUCTIONS must be 0 or 1"
+if [[ $INSTRUCTIONS == 1 ]]; then
+    for t in "${TARGETS[@]}"; do
+        [[ $t == bare || $t == scimgate ]] || die "INSTRUCTIONS=1 counts bare and scimgate only (TARGETS has $t)"
+    done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Tools and the binary
@@ -69,6 +87,7 @@ ensure_tools() {
     for cmd in nginx haproxy wrk; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
     done
+    [[ $INSTRUCTIONS == 1 ]] && ! command -v callgrind_control >/dev/null 2>&1 && missing+=(valgrind)
     if ((${#missing[@]})); then
         [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
         log "installing ${missing[*]} with apt-get"
@@ -332,11 +351,17 @@ start backend "$TMP/backend/stderr.log" "$TMP/backend/stderr.log" \
 start nginx "$TMP/nginx/stderr.log" "$TMP/nginx/stderr.log" \
     nginx -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;'
 start haproxy "$TMP/haproxy/haproxy.log" "$TMP/haproxy/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
+# INSTRUCTIONS=1: bare and scimgate run under callgrind, which counts instructions.
+WRAP=()
+if [[ $INSTRUCTIONS == 1 ]]; then
+    mkdir -p "$TMP/callgrind"
+    WRAP=(valgrind --tool=callgrind --quiet --callgrind-out-file="$TMP/callgrind/%q{CG_NAME}.out")
+fi
 start bare "$TMP/bare/stdout.log" "$TMP/bare/stderr.log" \
-    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" \
+    env CG_NAME=bare "${WRAP[@]}" "$BARE_BIN" "127.0.0.1:$BARE_PORT" "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" \
     "http://127.0.0.1:$BACKEND_PORT" /acme/scim/v2 /acme/v2
 start scimgate "$TMP/logs/scimgate-audit.log" "$TMP/logs/scimgate.log" \
-    env RUST_LOG="$scimgate_rust_log" "$BIN" serve --config "$TMP/scimgate/gateway.yaml"
+    env CG_NAME=scimgate RUST_LOG="$scimgate_rust_log" "${WRAP[@]}" "$BIN" serve --config "$TMP/scimgate/gateway.yaml"
 
 wait_status backend "$TMP/backend/error.log" "$BACKEND_URL/Users/$USER_ID" 200
 wait_status nginx "$TMP/nginx/error.log" "https://localhost:$NGINX_PORT/nothing" 404
@@ -436,7 +461,22 @@ LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 CLK_TCK=$(getconf CLK_TCK)
 declare -A RPS P50 P99 ERRS SOCKERR CPU_US OTHER RPS_RANGE
 # Per round, keyed target/scenario#round.
-declare -A R_RPS R_P50 R_P99 R_CPU R_OTHER
+declare -A R_RPS R_P50 R_P99 R_CPU R_OTHER R_INSTR INSTR_REQ
+# callgrind_zero PID: forget what callgrind counted so far.
+callgrind_zero() { callgrind_control -z "$1" >/dev/null || die "callgrind_control -z $1 failed"; }
+# callgrind_dump PID NAME: dumps the count since the last zero and prints its instruction total.
+callgrind_dump() {
+    local before n f
+    before=$(find "$TMP/callgrind" -name "$2.out.*" | wc -l)
+    callgrind_control -d "$1" >/dev/null || die "callgrind_control -d $1 failed"
+    for ((n = 0; n < 100; n++)); do
+        (($(find "$TMP/callgrind" -name "$2.out.*" | wc -l) > before)) && break
+        sleep 0.1
+    done
+    f=$(find "$TMP/callgrind" -name "$2.out.*" -printf '%T@ %p\n' | sort -n | tail -n1 | cut -d' ' -f2-)
+    [[ -n $f ]] || die "callgrind wrote no dump for $2"
+    awk '/^(summary|totals):/ {print $2; exit}' "$f"
+}
 NOISY=0
 FAILED_ROWS=0
 RAW=""
@@ -458,8 +498,11 @@ for scenario in "${SCENARIOS[@]}"; do
         own0=$(own_children_ticks)
         busy0=$(cpu_busy)
         out=$TMP/wrk/$target-$scenario-$round.txt
+        [[ $INSTRUCTIONS == 1 ]] && callgrind_zero "$pid"
         wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$LOAD_DIR/$scenario.lua" "$url" \
             >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+        instr_total=0
+        [[ $INSTRUCTIONS == 1 ]] && instr_total=$(callgrind_dump "$pid" "$target")
         busy1=$(cpu_busy)
         own1=$(own_children_ticks)
         backend1=$(cpu_ticks "${PID_OF[backend]}")
@@ -475,6 +518,7 @@ for scenario in "${SCENARIOS[@]}"; do
         declare -A r=()
         for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
         R_RPS[$kr]=$(awk -v n="${r[requests]}" -v d="${r[duration_us]}" 'BEGIN {printf "%.0f", n / (d / 1e6)}')
+        R_INSTR[$kr]=$(awk -v i="$instr_total" -v n="${r[requests]}" 'BEGIN {printf "%.0f", n ? i / n : 0}')
         R_P50[$kr]=$(awk -v v="${r[p50_us]}" 'BEGIN {printf "%.2f", v / 1000}')
         R_P99[$kr]=$(awk -v v="${r[p99_us]}" 'BEGIN {printf "%.2f", v / 1000}')
         errs=${r[status]}
@@ -515,6 +559,9 @@ for scenario in "${SCENARIOS[@]}"; do
         P99[$k]=$(printf '%.2f' "$(median "${p99[@]}")")
         CPU_US[$k]=$(printf '%.0f' "$(median "${cpu[@]}")")
         OTHER[$k]=$(max "${others[@]}")
+        instr=()
+        for ((round = 1; round <= ROUNDS; round++)); do instr+=("${R_INSTR[$k#$round]}"); done
+        INSTR_REQ[$k]=$(printf '%.0f' "$(median "${instr[@]}")")
     done
 done
 LOADAVG_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -539,7 +586,11 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$RESULTS_DIR"
-report=$RESULTS_DIR/load-$stamp.md
+kind=load
+[[ $INSTRUCTIONS == 1 ]] && kind=instructions
+report=$RESULTS_DIR/$kind-$stamp.md
+latest=$RESULTS_DIR/latest.md
+[[ $INSTRUCTIONS == 1 ]] && latest=$RESULTS_DIR/instructions-latest.md
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] && rev+=" (with uncommitted changes in src/)"
 
@@ -572,6 +623,23 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "- scimgate: $("$BIN" --version 2>/dev/null || echo scimgate), commit $rev"
     echo "- TLS as negotiated by openssl s_client: ${ciphers%; }"
     echo
+    if [[ $INSTRUCTIONS == 1 ]]; then
+        echo "## Instructions per request (callgrind)"
+        echo
+        echo "Counted while wrk measured, divided by the requests it completed; the same binary and"
+        echo "load give the same count, whatever else the machine does. SHA-256 runs in its portable"
+        echo "form under valgrind (no SHA extensions), which inflates scimgate's token hash and audit"
+        echo "chain several-fold against hardware with SHA-NI."
+        echo
+        echo "| scenario | bare | scimgate | scimgate/bare |"
+        echo "| --- | ---: | ---: | ---: |"
+        for scenario in "${SCENARIOS[@]}"; do
+            echo "| $(scenario_label "$scenario") | ${INSTR_REQ[bare/$scenario]:-n/a} | ${INSTR_REQ[scimgate/$scenario]:-n/a} | $(ratio "${INSTR_REQ[scimgate/$scenario]:-0}" "${INSTR_REQ[bare/$scenario]:-0}") |"
+        done
+        echo
+        echo "The table below ran under valgrind (tens of times slower): its times are not comparable."
+        echo
+    fi
     echo "## Results"
     echo
     echo "| target | scenario | req/s | req/s range | p50 ms | p99 ms | HTTP errors (>=400) | socket errors | target CPU µs/req | other CPU % (max) |"
@@ -643,6 +711,6 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     printf '%s' "$RAW"
     echo "</details>"
 } >"$report"
-cp "$report" "$RESULTS_DIR/latest.md"
+cp "$report" "$latest"
 cat "$report"
-log "report written to ${report#"$ROOT"/} and benches/results/latest.md"
+log "report written to ${report#"$ROOT"/} and ${latest#"$ROOT"/}"
