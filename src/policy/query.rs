@@ -5,6 +5,7 @@
 
 use super::user::{address_attr, get_ci, is_user_urn, strip_user_urn, AddressAttr};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Characters left as they are in a re-encoded query value (RFC 3986 unreserved).
@@ -331,16 +332,65 @@ pub fn list_resources(body: &mut Value) -> Option<(Vec<Value>, usize)> {
     Some((resources, total))
 }
 
-/// A ListResponse over exactly the resources the token may see.
-pub fn list_response(resources: Vec<Value>, total: usize, start: usize) -> Value {
-    let mut m = Map::new();
-    m.insert(
-        "schemas".into(),
-        Value::from(vec!["urn:ietf:params:scim:api:messages:2.0:ListResponse"]),
+/// A backend ListResponse read without building its tree: the `Resources` as raw JSON texts
+/// (borrowed from `body`) and `totalResults` (0 when absent or not a count). `None` when the body
+/// is not one JSON object, `Resources` is neither an array nor null, or either member appears
+/// twice in any letter case: a page two readers could read differently is not read at all.
+pub fn raw_list_resources(body: &[u8]) -> Option<(Vec<&RawValue>, usize)> {
+    struct Page;
+    impl<'de> serde::de::Visitor<'de> for Page {
+        type Value = Option<(Vec<&'de RawValue>, usize)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a ListResponse")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut resources: Option<Option<Vec<&'de RawValue>>> = None;
+            let mut total: Option<usize> = None;
+            let mut twice = false;
+            while let Some(super::user::Key(k)) = map.next_key()? {
+                if k.eq_ignore_ascii_case("Resources") {
+                    twice |= resources.is_some();
+                    resources = Some(map.next_value()?);
+                } else if k.eq_ignore_ascii_case("totalResults") {
+                    twice |= total.is_some();
+                    let v: Value = map.next_value()?;
+                    total = Some(v.as_u64().unwrap_or(0) as usize);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok((!twice).then(|| (resources.flatten().unwrap_or_default(), total.unwrap_or(0))))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let page = serde::Deserializer::deserialize_map(&mut de, Page).ok()?;
+    de.end().ok()?;
+    page
+}
+
+/// A ListResponse over exactly the resources the token may see, written from their texts.
+pub fn list_response(resources: &[Box<RawValue>], total: usize, start: usize) -> Vec<u8> {
+    let len: usize = resources.iter().map(|r| r.get().len() + 1).sum();
+    let mut out = Vec::with_capacity(len + 160);
+    out.extend_from_slice(
+        br#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:ListResponse"],"totalResults":"#,
     );
-    m.insert("totalResults".into(), Value::from(total));
-    m.insert("startIndex".into(), Value::from(start));
-    m.insert("itemsPerPage".into(), Value::from(resources.len()));
-    m.insert("Resources".into(), Value::Array(resources));
-    Value::Object(m)
+    out.extend_from_slice(
+        format!(
+            r#"{total},"startIndex":{start},"itemsPerPage":{},"Resources":["#,
+            resources.len()
+        )
+        .as_bytes(),
+    );
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r.get().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
 }

@@ -3,7 +3,9 @@ use super::*;
 use crate::policy::bulk::parse_bulk;
 use crate::policy::domain::{DomainPattern, DomainSet};
 use crate::policy::patch::{group_member_changes, judge_user_patch, MemberChanges, PatchDenial};
-use crate::policy::query::{list_resources, list_response, strip_attrs, ScimQuery};
+use crate::policy::query::{
+    list_resources, list_response, raw_list_resources, strip_attrs, ScimQuery,
+};
 use crate::policy::route::{
     classify, normalize_path, Endpoint, OpKind, Operation, ResourceType, RouteError,
 };
@@ -2233,9 +2235,10 @@ fn strip_attrs_removes_every_spelling() {
 
 #[test]
 fn list_response_and_list_resources() {
-    let r = list_response(vec![json!({"id": "a"}), json!({"id": "b"})], 7, 3);
+    let raw = |v: Value| serde_json::value::to_raw_value(&v).unwrap();
+    let text = list_response(&[raw(json!({"id": "a"})), raw(json!({"id": "b"}))], 7, 3);
     assert_eq!(
-        r,
+        serde_json::from_slice::<Value>(&text).unwrap(),
         json!({
             "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
             "totalResults": 7,
@@ -2245,7 +2248,7 @@ fn list_response_and_list_resources() {
         })
     );
     assert_eq!(
-        list_response(vec![], 0, 1),
+        serde_json::from_slice::<Value>(&list_response(&[], 0, 1)).unwrap(),
         json!({
             "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
             "totalResults": 0,
@@ -2271,6 +2274,67 @@ fn list_response_and_list_resources() {
     assert_eq!(list_resources(&mut body), None);
     let mut body = json!([{"id": "a"}]);
     assert_eq!(list_resources(&mut body), None);
+}
+
+/// The tree-free page reader agrees with the tree-based one, and refuses what it cannot read
+/// unambiguously.
+#[test]
+fn raw_list_resources_reads_pages_like_the_tree() {
+    let texts = |body: &str| {
+        raw_list_resources(body.as_bytes()).map(|(r, total)| {
+            (
+                r.iter().map(|r| r.get().to_owned()).collect::<Vec<_>>(),
+                total,
+            )
+        })
+    };
+    assert_eq!(
+        texts(
+            r#"{"totalResults": 2, "Resources": [{"id": "a"}, {"id":"b", "x": [1, {"y": null}]}]}"#
+        ),
+        Some((
+            vec![
+                r#"{"id": "a"}"#.to_owned(),
+                r#"{"id":"b", "x": [1, {"y": null}]}"#.to_owned()
+            ],
+            2
+        ))
+    );
+    assert_eq!(
+        texts(r#"{"TOTALRESULTS": 1, "resources": [{"id": "a"}]}"#),
+        Some((vec![r#"{"id": "a"}"#.to_owned()], 1))
+    );
+    assert_eq!(texts(r#"{"totalResults": 0}"#), Some((vec![], 0)));
+    assert_eq!(
+        texts(r#"{"totalResults": "3", "Resources": null}"#),
+        Some((vec![], 0))
+    );
+    for bad in [
+        r#"{"totalResults": 1, "Resources": {"id": "a"}}"#,
+        r#"[{"id": "a"}]"#,
+        r#"{"Resources": [], "resources": [{"id": "a"}]}"#,
+        r#"{"totalResults": 1, "TotalResults": 9, "Resources": []}"#,
+        r#"{"Resources": [{"id": "a"}]} {"Resources": []}"#,
+        r#"{"Resources": [{"id": "a"]}"#,
+    ] {
+        assert_eq!(texts(bad), None, "{bad}");
+    }
+    assert!(raw_list_resources(b"{\"Resources\": [{\"id\": \"\xff\"}]}").is_none());
+    // Same resources and total as the tree reader, on bodies both can read.
+    for body in [
+        json!({"totalResults": 3, "Resources": [{"id": "1", "emails": [{"value": "a@acme.com"}]}]}),
+        json!({"Resources": [], "itemsPerPage": 0, "schemas": ["x"]}),
+    ] {
+        let text = serde_json::to_vec(&body).unwrap();
+        let (raw, total) = raw_list_resources(&text).unwrap();
+        let mut tree = body.clone();
+        let (want, want_total) = list_resources(&mut tree).unwrap();
+        let got: Vec<Value> = raw
+            .iter()
+            .map(|r| serde_json::from_str(r.get()).unwrap())
+            .collect();
+        assert_eq!((got, total), (want, want_total));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ use super::{Authenticated, GatewayResponse, Routed, Snapshot};
 use crate::config::Mode;
 use crate::policy::bulk::{parse_bulk, MAX_OPERATIONS};
 use crate::policy::patch::{group_member_changes, judge_user_patch, PatchDenial};
-use crate::policy::query::{list_resources, list_response, strip_attrs, ScimQuery};
+use crate::policy::query::{
+    list_resources, list_response, raw_list_resources, strip_attrs, ScimQuery,
+};
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
 use crate::policy::user::{
@@ -920,17 +922,24 @@ where
             // The backend's own error (an invalid filter, say) carries no user data.
             return Ok(resp);
         }
-        let (_, mut page) = directory::json_of(resp).await?;
-        let (resources, total) = list_resources(&mut page).ok_or(GatewayError::UpstreamInvalid(
-            "the backend's list response has no Resources array",
+        // Read without a tree: each user's addresses are scanned from its text, and the users
+        // shown are passed on as the backend wrote them.
+        let (_, page) = split(resp).await;
+        let (resources, total) = raw_list_resources(&page).ok_or(GatewayError::UpstreamInvalid(
+            "the backend's list response is not a ListResponse with a Resources array",
         ))?;
         let n = resources.len();
-        for mut r in resources {
-            if policy.judge_user(&r).is_ok() {
-                strip_attrs(&mut r, &hidden);
-                visible.push(r);
-            } else {
+        for r in resources {
+            let in_scope =
+                scan_user_addresses(r.get().as_bytes()).is_ok_and(|a| policy.judge(&a).is_ok());
+            if !in_scope {
                 out_of_scope = true;
+            } else if hidden.is_empty() {
+                visible.push(r.to_owned());
+            } else {
+                let mut v = parse_json(r.get().as_bytes(), "a listed user is not JSON")?;
+                strip_attrs(&mut v, &hidden);
+                visible.push(serde_json::value::to_raw_value(&v)?);
             }
         }
         scanned += n;
@@ -954,12 +963,14 @@ where
         }))?;
     }
     let total = visible.len();
-    let page: Vec<Value> = visible.into_iter().skip(start - 1).take(count).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &list_response(page, total, start),
-        None,
-    ))
+    let page = visible.get(start - 1..).unwrap_or_default();
+    let page = &page[..count.min(page.len())];
+    let mut resp = GatewayResponse::new(Full::new(Bytes::from(list_response(page, total, start))));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::scim::SCIM_JSON),
+    );
+    Ok(resp)
 }
 
 /// Rewrites `/ServiceProviderConfig` so it describes what this token may do through the gateway.
