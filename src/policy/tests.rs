@@ -11,7 +11,8 @@ use crate::policy::route::{
 };
 use crate::policy::scope::{authorize, required_scope, Scope, ScopeSet};
 use crate::policy::user::{
-    scan_user_addresses, user_addresses, AddressAttr, Addresses, DomainPolicy, OutOfScope,
+    address_projection, scan_user_addresses, user_addresses, AddressAttr, Addresses, DomainPolicy,
+    OutOfScope,
 };
 use http::Method;
 use serde_json::{json, Value};
@@ -582,9 +583,8 @@ fn policy_route_matches_whole_prefix_segments_only() {
 // ---------------------------------------------------------------------------------------------
 // user::scan_user_addresses
 
-#[test]
-fn scanning_the_text_finds_what_the_parsed_user_holds() {
-    // Every shape the tree-based reading distinguishes, in every position.
+/// Users with every shape the tree-based reading distinguishes, in every position.
+fn user_docs() -> Vec<String> {
     let shapes = [
         r#""a@acme.com""#,
         r#""alice""#,
@@ -631,13 +631,51 @@ fn scanning_the_text_finds_what_the_parsed_user_holds() {
             ));
         }
     }
-    for doc in &docs {
+    docs
+}
+
+#[test]
+fn scanning_the_text_finds_what_the_parsed_user_holds() {
+    for doc in &user_docs() {
         let tree: Value = serde_json::from_str(doc).unwrap();
         let mut want = user_addresses(&tree);
         let mut got = scan_user_addresses(doc.as_bytes()).unwrap();
+        let mut projected = user_addresses(&address_projection(doc.as_bytes()).unwrap());
         want.values.sort();
         got.values.sort();
+        projected.values.sort();
         assert_eq!(got, want, "{doc}");
+        assert_eq!(projected, want, "projection of {doc}");
+    }
+}
+
+/// A PATCH simulated on a stored user's address projection is judged as on the whole user.
+#[test]
+fn patches_judge_alike_on_the_projection_and_the_whole_user() {
+    let docs = user_docs();
+    let domains = DomainSet::new(vec![DomainPattern::parse("acme.com").unwrap()]);
+    let policy = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
+    let patches = [
+        json!({"Operations": [{"op": "replace", "path": "displayName", "value": "x"}]}),
+        json!({"Operations": [{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "n@acme.com"}]}),
+        json!({"Operations": [{"op": "add", "path": "emails", "value": [{"value": "n@evil.com"}]}]}),
+        json!({"Operations": [{"op": "remove", "path": "emails"}]}),
+        json!({"Operations": [{"op": "replace", "value": {"userName": "u@acme.com"}}]}),
+        json!({"Operations": [{"op": "replace", "path": format!("{URN}:emails[primary eq true].value"), "value": "p@evil.com"}]}),
+    ];
+    for doc in &docs {
+        let tree: Value = serde_json::from_str(doc).unwrap();
+        let projection = address_projection(doc.as_bytes()).unwrap();
+        for p in &patches {
+            assert_eq!(
+                format!("{:?}", judge_user_patch(&projection, p, &policy)),
+                format!("{:?}", judge_user_patch(&tree, p, &policy)),
+                "{doc}\n{p}"
+            );
+        }
     }
 }
 
@@ -655,6 +693,11 @@ fn scanning_reads_every_duplicate_member_and_refuses_bad_json() {
             scan_user_addresses(dup.as_bytes()).unwrap().unreadable,
             "{dup}"
         );
+        // The projection keeps `emails` whole, so only a twice-named attribute counts there.
+        if !dup.contains("\"Value\"") {
+            let p = address_projection(dup.as_bytes()).unwrap();
+            assert!(user_addresses(&p).unreadable, "projection of {dup}");
+        }
     }
     for bad in [
         &b"{"[..],
@@ -664,6 +707,7 @@ fn scanning_reads_every_duplicate_member_and_refuses_bad_json() {
         b"{\"userName\": \"a@acme.com\", \"displayName\": \"\xff\"}",
     ] {
         assert!(scan_user_addresses(bad).is_err());
+        assert!(address_projection(bad).is_err());
     }
 }
 

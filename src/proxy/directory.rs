@@ -1,6 +1,6 @@
 //! Reads the backend on the gateway's own behalf: the stored user behind a PUT, PATCH or DELETE
-//! (cached in moka by tenant and id, invalidated by writes through the gateway), group members,
-//! and list pages. Requests go through the same inner stack as client requests.
+//! (its address attributes, cached in moka by tenant and id, invalidated by writes through the
+//! gateway), group members, and list pages. Requests go through the same inner stack as client requests.
 
 use super::{ClientConn, GatewayResponse, Routed};
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
@@ -20,7 +20,8 @@ use tower::{Service, ServiceExt};
 const USER_TTL: Duration = Duration::from_secs(30);
 const USER_CAPACITY: u64 = 100_000;
 
-/// The shared user cache.
+/// The shared user cache: each user's address projection
+/// ([`crate::policy::user::address_projection`]), a few hundred bytes rather than its tree.
 pub struct Directory {
     users: Cache<(Arc<str>, Box<str>), Arc<Value>>,
 }
@@ -150,8 +151,9 @@ fn get_op(rt: ResourceType, id: &str) -> Operation {
     }
 }
 
-/// The stored user with `id`, or `None` when the backend has none. `fresh` skips the cache
-/// (write decisions); the answer refreshes it either way.
+/// The stored user with `id` (its address projection: enough to judge it and to simulate a
+/// PATCH on it), or `None` when the backend has none. `fresh` skips the cache (write
+/// decisions); the answer refreshes it either way.
 pub async fn user<S>(
     dir: &Directory,
     inner: &S,
@@ -175,7 +177,15 @@ where
     .await?;
     match resp.status() {
         StatusCode::OK => {
-            let (_, v) = json_of(resp).await?;
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            // Only what judging needs is kept: the address attributes, never the whole tree.
+            let v = crate::policy::user::address_projection(&bytes)
+                .map_err(|_| GatewayError::UpstreamInvalid("the backend's answer is not JSON"))?;
             let v = Arc::new(v);
             dir.users.insert(key, v.clone());
             Ok(Some(v))

@@ -261,11 +261,9 @@ where
                 } else {
                     self.owned_user(id.unwrap_or_default()).await?
                 };
-                let current = current
-                    .as_deref()
-                    .cloned()
-                    .unwrap_or(Value::Object(Default::default()));
-                match judge_user_patch(&current, body, &self.policy()) {
+                let none = Value::Object(Default::default());
+                let current = current.as_deref().unwrap_or(&none);
+                match judge_user_patch(current, body, &self.policy()) {
                     Ok(()) => {}
                     Err(PatchDenial::Invalid(d)) => {
                         return Err(GatewayError::BadRequest {
