@@ -132,15 +132,22 @@ where
 /// Reads a response body as JSON.
 pub async fn json_of(resp: GatewayResponse) -> Result<(StatusCode, Value), BoxError> {
     let status = resp.status();
+    let v = parse_body(resp, |b| serde_json::from_slice(b)).await?;
+    Ok((status, v))
+}
+
+/// Reads a backend answer's body with `parse`; unreadable is a 502, never a pass.
+async fn parse_body(
+    resp: GatewayResponse,
+    parse: impl FnOnce(&[u8]) -> Result<Value, serde_json::Error>,
+) -> Result<Value, GatewayError> {
     let bytes = resp
         .into_body()
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let v = serde_json::from_slice(&bytes)
-        .map_err(|_| GatewayError::UpstreamInvalid("the backend's answer is not JSON"))?;
-    Ok((status, v))
+    parse(&bytes).map_err(|_| GatewayError::UpstreamInvalid("the backend's answer is not JSON"))
 }
 
 fn get_op(rt: ResourceType, id: &str) -> Operation {
@@ -177,16 +184,8 @@ where
     .await?;
     match resp.status() {
         StatusCode::OK => {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
             // Only what judging needs is kept: the address attributes, never the whole tree.
-            let v = crate::policy::user::address_projection(&bytes)
-                .map_err(|_| GatewayError::UpstreamInvalid("the backend's answer is not JSON"))?;
-            let v = Arc::new(v);
+            let v = Arc::new(parse_body(resp, crate::policy::user::address_projection).await?);
             dir.users.insert(key, v.clone());
             Ok(Some(v))
         }
