@@ -230,13 +230,21 @@ impl Sim {
         if let Value::Object(o) = user {
             sim.load(o, true);
         }
+        // A stored user the gateway cannot read stays unreadable whatever the PATCH writes:
+        // the simulation would start from a guess.
+        sim.unreadable |= super::user::user_addresses(user).unreadable;
         sim
     }
 
     fn load(&mut self, o: &Map<String, Value>, top: bool) {
         for (k, v) in o {
             match address_attr(k) {
-                Some(AddressAttr::UserName) => self.user_name = Some(v.clone()),
+                Some(AddressAttr::UserName) => {
+                    // A stored user naming userName twice (top level and URN object, or two
+                    // spellings) has no one value to simulate on.
+                    self.unreadable |= self.user_name.is_some();
+                    self.user_name = Some(v.clone());
+                }
                 Some(AddressAttr::Emails) => match v {
                     Value::Array(items) => self.emails.extend(items.iter().map(Email::from_value)),
                     Value::Null => {}

@@ -649,6 +649,50 @@ fn scanning_the_text_finds_what_the_parsed_user_holds() {
     }
 }
 
+/// Members named twice, which a tree keeps one of, make the projection unreadable: it is never
+/// judged more leniently than the scan that GET and lists use.
+#[test]
+fn a_projection_is_never_more_lenient_than_the_scan() {
+    for doc in [
+        format!(r#"{{"userName": "a@acme.com", "{URN}": {{"emails": [{{"value": "boss@evil.com"}}]}}, "{URN}": {{}}}}"#),
+        format!(r#"{{"userName": "a@acme.com", "{URN}": {{"emails": [{{"value": "boss@evil.com"}}]}}, "{URN}": null}}"#),
+        r#"{"userName": "a@acme.com", "emails": [{"value": "boss@evil.com", "value": "a@acme.com"}]}"#.to_owned(),
+        r#"{"userName": "boss@evil.com", "USERNAME": "a@acme.com"}"#.to_owned(),
+        r#"{"emails": [{"value": "boss@evil.com"}], "emails": []}"#.to_owned(),
+    ] {
+        let p = address_projection(doc.as_bytes()).unwrap();
+        assert!(user_addresses(&p).unreadable, "{doc} projected to {p}");
+        let policy = DomainPolicy {
+            domains: &set(&["acme.com"]),
+            allow_users_without_email: true,
+        };
+        assert!(policy.judge_user(&p).is_err(), "{doc}");
+    }
+}
+
+/// A stored user naming userName twice has no single value to simulate a PATCH on.
+#[test]
+fn a_patch_on_a_user_with_two_user_names_is_unreadable() {
+    let domains = set(&["acme.com"]);
+    let policy = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
+    let patch = json!({"Operations": [{"op": "replace", "path": "displayName", "value": "x"}]});
+    for user in [
+        json!({"userName": "a@acme.com", "USERNAME": "b@acme.com"}),
+        json!({"userName": "a@acme.com", URN: {"userName": "b@acme.com"}}),
+    ] {
+        assert_eq!(
+            judge_user_patch(&user, &patch, &policy),
+            Err(PatchDenial::OutOfScope(OutOfScope::Unreadable)),
+            "{user}"
+        );
+    }
+    let one = json!({"userName": "a@acme.com"});
+    assert_eq!(judge_user_patch(&one, &patch, &policy), Ok(()));
+}
+
 /// A PATCH simulated on a stored user's address projection is judged as on the whole user.
 #[test]
 fn patches_judge_alike_on_the_projection_and_the_whole_user() {
@@ -669,9 +713,16 @@ fn patches_judge_alike_on_the_projection_and_the_whole_user() {
     for doc in &docs {
         let tree: Value = serde_json::from_str(doc).unwrap();
         let projection = address_projection(doc.as_bytes()).unwrap();
+        let unreadable = scan_user_addresses(doc.as_bytes()).unwrap().unreadable;
         for p in &patches {
+            let on_projection = judge_user_patch(&projection, p, &policy);
+            if unreadable {
+                // Refused either way (the projection says why: unreadable).
+                assert!(on_projection.is_err(), "{doc}\n{p}");
+                continue;
+            }
             assert_eq!(
-                format!("{:?}", judge_user_patch(&projection, p, &policy)),
+                format!("{on_projection:?}"),
                 format!("{:?}", judge_user_patch(&tree, p, &policy)),
                 "{doc}\n{p}"
             );

@@ -169,9 +169,10 @@ pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> 
 /// ([`crate::policy::patch::judge_user_patch`]) answers as on the whole document, for a fraction
 /// of the cost of its tree (and of the memory, in the gateway's user cache).
 ///
-/// Text that is not UTF-8 is an error. An address attribute named twice in one object (in any
-/// spelling) makes the user unreadable, as in [`scan_user_addresses`]: which of the two a
-/// backend keeps is not knowable.
+/// Text that is not UTF-8 is an error. A user the scan finds unreadable, or whose addresses the
+/// scan reads differently (members named twice, which a tree keeps only one of), projects to
+/// an unreadable user: the projection is never judged more leniently than
+/// [`scan_user_addresses`] judges the same text, which GET and lists use.
 pub fn address_projection(json: &[u8]) -> Result<Value, serde_json::Error> {
     let json = match std::str::from_utf8(json) {
         Ok(text) => text,
@@ -180,6 +181,16 @@ pub fn address_projection(json: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(json);
     let v = serde::de::DeserializeSeed::deserialize(Project { top: true }, &mut de)?;
     de.end()?;
+    // The projection keeps the last of two same-named members (a repeated URN object, a
+    // repeated `value` in an email); the scan reads them all. Unless both find the same
+    // addresses, the user is unreadable: it is then judged no more leniently than its text.
+    let mut scanned = scan_user_addresses(json.as_bytes())?;
+    let mut projected = user_addresses(&v);
+    scanned.values.sort_unstable();
+    projected.values.sort_unstable();
+    if scanned.unreadable || scanned != projected {
+        return Ok(serde_json::json!({ "userName": OTHER }));
+    }
     Ok(v)
 }
 
@@ -230,21 +241,9 @@ impl<'de> serde::de::Visitor<'de> for Project {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
-        let mut seen = [false; 2];
         while let Some(Key(k)) = map.next_key::<Key>()? {
             match address_attr(&k) {
-                Some(attr) => {
-                    let i = match attr {
-                        AddressAttr::UserName => 0,
-                        AddressAttr::Emails => 1,
-                    };
-                    if std::mem::replace(&mut seen[i], true) {
-                        // Named twice: kept as a value no reader accepts, so the user reads
-                        // as unreadable, as `scan_user_addresses` has it.
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                        out.insert(k.into_owned(), OTHER);
-                        continue;
-                    }
+                Some(_) => {
                     let v: Value = map.next_value()?;
                     out.insert(k.into_owned(), v);
                 }

@@ -33,14 +33,18 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // A client waiting for `100 Continue` has not sent its body; reading would invite it to.
+    // A client waiting for `100 Continue` has not sent its body; reading would invite it to
+    // (hyper honours any of the `Expect` values, so every one is looked at). HTTP/2 resets
+    // one stream, never the connection: nothing to drain there.
     let expects_continue = req
         .headers()
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        .get_all(header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let drain = !expects_continue && req.version() < http::Version::HTTP_2;
     req.map(|body| DrainOnDrop {
         body: Some(body.map_err(Into::into).boxed_unsync()),
-        drain: !expects_continue,
+        drain,
     })
 }
 
@@ -59,10 +63,15 @@ impl Body for DrainOnDrop {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(b) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(b).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            // Read to its end (a chunked body never says so beforehand): nothing left to drain.
+            self.body = None;
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

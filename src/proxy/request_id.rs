@@ -31,12 +31,17 @@ pub struct RequestId<S> {
     inner: S,
 }
 
+/// A client's id is kept when it is short and printable, and is not a token pasted by mistake:
+/// the id is logged and audited as it is.
 fn acceptable(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        && !b
+            .windows(crate::token::PREFIX.len())
+            .any(|w| w.eq_ignore_ascii_case(crate::token::PREFIX.as_bytes()))
 }
 
 /// A process-unique id: a random per-process prefix and a counter. Cheap, and unguessable

@@ -1840,7 +1840,7 @@ impl Drop for Counted {
 
 /// Wraps a `frames`-frame body as the stack does and drops the request unread; returns how
 /// many frames were read before the body was let go.
-async fn abandon(frames: usize, expect_continue: bool) -> usize {
+async fn abandon(frames: usize, expect: &[&'static str], version: http::Version) -> usize {
     use tower::Layer;
     let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let dropped = Arc::new(tokio::sync::Notify::new());
@@ -1849,9 +1849,9 @@ async fn abandon(frames: usize, expect_continue: bool) -> usize {
         taken: taken.clone(),
         dropped: dropped.clone(),
     };
-    let mut req = http::Request::post("/acme/scim/v2/Users");
-    if expect_continue {
-        req = req.header(header::EXPECT, "100-continue");
+    let mut req = http::Request::post("/acme/scim/v2/Users").version(version);
+    for e in expect {
+        req = req.header(header::EXPECT, *e);
     }
     let req = req.body(body).unwrap();
     // The layer's request mapping, applied to a service that drops what it is given.
@@ -1868,15 +1868,18 @@ async fn abandon(frames: usize, expect_continue: bool) -> usize {
     taken.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+const H1: http::Version = http::Version::HTTP_11;
+
 #[tokio::test]
 async fn an_abandoned_body_is_read_to_its_end_in_the_background() {
-    assert_eq!(abandon(100, false).await, 100);
+    assert_eq!(abandon(100, &[], H1).await, 100);
+    assert_eq!(abandon(100, &["something-else"], H1).await, 100);
 }
 
 #[tokio::test]
 async fn draining_stops_at_its_byte_bound() {
     let cap = drain_unread_body::DRAIN_BYTES / 1024;
-    let taken = abandon(4 * cap, false).await;
+    let taken = abandon(4 * cap, &[], H1).await;
     assert!(
         (cap..=cap + 1).contains(&taken),
         "read {taken} KiB of a {} KiB body",
@@ -1886,5 +1889,49 @@ async fn draining_stops_at_its_byte_bound() {
 
 #[tokio::test]
 async fn a_body_behind_expect_continue_is_not_read() {
-    assert_eq!(abandon(100, true).await, 0);
+    assert_eq!(abandon(100, &["100-continue"], H1).await, 0);
+    // hyper waits for the go-ahead when any `Expect` value asks for it.
+    assert_eq!(abandon(100, &["foo", "100-Continue"], H1).await, 0);
+}
+
+#[tokio::test]
+async fn http2_bodies_are_not_drained() {
+    assert_eq!(abandon(100, &[], http::Version::HTTP_2).await, 0);
+}
+
+#[tokio::test]
+async fn a_request_id_carrying_a_token_is_replaced() {
+    use tower::Layer;
+    let svc = request_id::layer().layer(tower::service_fn(|r: http::Request<()>| async move {
+        // The id the layers below (and the logs) see.
+        let seen = r.headers()[&request_id::X_REQUEST_ID].clone();
+        let mut resp = GatewayResponse::new(Full::new(bytes::Bytes::new()));
+        resp.headers_mut().insert("x-seen", seen);
+        Ok::<_, std::convert::Infallible>(resp)
+    }));
+    let secret = crate::token::generate().unwrap();
+    for pasted in [
+        format!("req-{secret}"),
+        secret.to_ascii_uppercase(),
+        "ok-req_1.2:3".to_owned(),
+    ] {
+        // Printable and short: only the token in it can make the layer refuse it.
+        assert!(pasted.len() <= 128);
+        assert!(pasted
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c)));
+        let req = http::Request::get("/")
+            .header(&request_id::X_REQUEST_ID, pasted.as_str())
+            .body(())
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        let seen = resp.headers()["x-seen"].to_str().unwrap();
+        assert_eq!(seen, resp.headers()[&request_id::X_REQUEST_ID]);
+        if pasted.starts_with("ok-") {
+            assert_eq!(seen, pasted, "a plain id is kept");
+        } else {
+            assert!(!seen.to_ascii_lowercase().contains("scimgate_"), "{seen}");
+            assert_eq!(seen.len(), 21, "a generated id replaces {pasted}: {seen}");
+        }
+    }
 }
