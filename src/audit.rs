@@ -32,7 +32,7 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert_subject: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<Arc<str>>,
+    pub token_id: Option<crate::token::TokenRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]

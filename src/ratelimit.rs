@@ -1,5 +1,5 @@
 //! Rate limits and overload protection: per-token and per-tenant GCRA limits (governor keyed
-//! limiters, one per distinct quota, keyed by token or tenant id), brute-force throttling of
+//! limiters, one per distinct quota, keyed by a keyed hash of the token or tenant id), brute-force throttling of
 //! failed authentication per client address (IPv6 per /64), concurrency bounds per token and in
 //! total, and per-token blast-radius caps on destructive operations.
 //!
@@ -19,9 +19,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A keyed GCRA limiter that reports the remaining burst capacity.
+/// A keyed GCRA limiter that reports the remaining burst capacity, keyed by [`KeyHasher::key`].
 pub type Keyed<C = DefaultClock> =
-    RateLimiter<Arc<str>, DashMapStateStore<Arc<str>>, C, StateInformationMiddleware>;
+    RateLimiter<u64, DashMapStateStore<u64>, C, StateInformationMiddleware>;
+
+/// Turns a subject's id into the 64-bit key its limiter state lives under, with a key chosen
+/// at random once per process: a token needs no key string of its own, the key is the same
+/// for an id across reloads, and nobody outside the process can make two ids collide.
+#[derive(Clone, Debug, Default)]
+pub struct KeyHasher(std::hash::RandomState);
+
+impl KeyHasher {
+    /// The key of subject `id` of kind `kind` (`token`, `tenant`, a blast-radius kind).
+    pub fn key(&self, kind: &str, id: &str) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.0.build_hasher();
+        h.write(kind.as_bytes());
+        h.write_u8(0xff); // never part of UTF-8 text: `kind` and `id` cannot run together
+        h.write(id.as_bytes());
+        h.finish()
+    }
+}
 
 /// The quota a rate stands for: `burst` cells, one replenished every `1/per_second` s.
 pub fn quota(rate: Rate) -> Option<Quota> {
@@ -45,13 +63,13 @@ pub enum Decision {
 
 /// Charges `cost` cells to `key`. A cost above the burst can never pass: it is denied with the
 /// time a full bucket takes to refill.
-pub fn check<C: Clock>(limiter: &Keyed<C>, key: &Arc<str>, cost: u32, rate: Rate) -> Decision {
+pub fn check<C: Clock>(limiter: &Keyed<C>, key: u64, cost: u32, rate: Rate) -> Decision {
     let Some(n) = NonZeroU32::new(cost) else {
         return Decision::Allow {
             remaining: rate.burst,
         };
     };
-    match limiter.check_key_n(key, n) {
+    match limiter.check_key_n(&key, n) {
         Ok(Ok(snapshot)) => Decision::Allow {
             remaining: snapshot.remaining_burst_capacity(),
         },
@@ -67,11 +85,47 @@ pub fn check<C: Clock>(limiter: &Keyed<C>, key: &Arc<str>, cost: u32, rate: Rate
 /// A shared limiter's identity: subject kind, replenish interval (ns), burst.
 type LimiterId = (&'static str, u64, u32);
 
+/// A quota as configured for a kind of subject: the limiter it shares with every subject of
+/// that kind and quota. Tokens with the same quota share one spec.
+#[derive(Clone)]
+pub struct RateSpec {
+    pub limiter: Arc<Keyed>,
+    pub rate: Rate,
+    /// `token` or `tenant`: the RateLimit header's policy name.
+    pub name: &'static str,
+}
+
+impl RateSpec {
+    /// The slot of the subject whose key is `key`.
+    pub fn slot(&self, key: u64) -> RateSlot {
+        RateSlot {
+            limiter: self.limiter.clone(),
+            key,
+            rate: self.rate,
+            name: self.name,
+        }
+    }
+
+    /// Whether two specs are one limiter and rate (so a token table stores it once).
+    pub fn same(&self, other: &RateSpec) -> bool {
+        Arc::ptr_eq(&self.limiter, &other.limiter) && self.rate == other.rate
+    }
+}
+
+impl std::fmt::Debug for RateSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateSpec")
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .finish()
+    }
+}
+
 /// One limited subject (a token or a tenant): its limiter, key and rate.
 #[derive(Clone)]
 pub struct RateSlot {
     pub limiter: Arc<Keyed>,
-    pub key: Arc<str>,
+    pub key: u64,
     pub rate: Rate,
     /// `token` or `tenant`: the RateLimit header's policy name.
     pub name: &'static str,
@@ -80,7 +134,7 @@ pub struct RateSlot {
 impl std::fmt::Debug for RateSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateSlot")
-            .field("key", &self.key)
+            .field("name", &self.name)
             .field("rate", &self.rate)
             .finish()
     }
@@ -88,7 +142,7 @@ impl std::fmt::Debug for RateSlot {
 
 impl RateSlot {
     pub fn check(&self, cost: u32) -> Decision {
-        check(&self.limiter, &self.key, cost, self.rate)
+        check(&self.limiter, self.key, cost, self.rate)
     }
 
     /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
@@ -139,11 +193,14 @@ impl Blast {
 
 /// The shared limiter state, created once and kept across reloads.
 pub struct Limits {
-    /// By subject kind (`token`, `tenant`) and quota, so a key is a bare id shared with the
-    /// token or tenant it limits (no per-token key string).
+    /// By subject kind (`token`, `tenant`) and quota, so a key is a bare 64-bit hash of the
+    /// id (no per-token key string).
     limiters: Mutex<HashMap<LimiterId, Arc<Keyed>>>,
+    /// Subject ids to limiter keys; the same for the life of the process.
+    pub keys: KeyHasher,
     auth_failures: Mutex<(AuthFailuresSection, Cache<IpAddr, Arc<AtomicU32>>)>,
-    concurrency: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+    /// By token key.
+    concurrency: Mutex<HashMap<u64, Arc<Semaphore>>>,
     in_flight: Mutex<(u32, Arc<Semaphore>)>,
     checks: AtomicU64,
 }
@@ -159,6 +216,7 @@ impl Default for Limits {
         let d = RateLimitsSection::default();
         Limits {
             limiters: Mutex::new(HashMap::new()),
+            keys: KeyHasher::default(),
             auth_failures: Mutex::new((d.auth_failures, failure_cache(d.auth_failures))),
             concurrency: Mutex::new(HashMap::new()),
             in_flight: Mutex::new((
@@ -211,15 +269,19 @@ impl Limits {
         )
     }
 
-    /// A rate slot for the `name` (`token`, `tenant`) with id `key`.
-    pub fn slot(&self, name: &'static str, key: &Arc<str>, rate: Option<Rate>) -> Option<RateSlot> {
+    /// The spec of quota `rate` for subjects of kind `name` (`token`, `tenant`).
+    pub fn spec(&self, name: &'static str, rate: Option<Rate>) -> Option<RateSpec> {
         let rate = rate?;
-        Some(RateSlot {
+        Some(RateSpec {
             limiter: self.limiter(name, quota(rate)?)?,
-            key: key.clone(),
             rate,
             name,
         })
+    }
+
+    /// A rate slot for the subject `id` of kind `name` (`token`, `tenant`).
+    pub fn slot(&self, name: &'static str, id: &str, rate: Option<Rate>) -> Option<RateSlot> {
+        Some(self.spec(name, rate)?.slot(self.keys.key(name, id)))
     }
 
     /// Applies the reloadable settings (auth-failure window, total in-flight bound).
@@ -261,7 +323,7 @@ impl Limits {
     /// A slot in the total in-flight bound, or `None` when the gateway is full.
     pub fn enter(
         &self,
-        token_id: &Arc<str>,
+        token_key: u64,
         per_token: u32,
     ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), &'static str> {
         let total = self
@@ -273,7 +335,7 @@ impl Limits {
             .map_err(|_| "overloaded")?;
         let sem = {
             let mut map = self.concurrency.lock().map_err(|_| "overloaded")?;
-            map.entry(token_id.clone())
+            map.entry(token_key)
                 .or_insert_with(|| Arc::new(Semaphore::new(per_token as usize)))
                 .clone()
         };
@@ -304,10 +366,9 @@ impl Limits {
             Blast::GroupWipe => cfg.group_wipes,
         };
         let q = windowed(cap, cfg.window.0)?;
-        let key = format!("{}:{token_id}", kind.reason());
         Some(RateSlot {
             limiter: self.limiter(kind.reason(), q)?,
-            key: key.into(),
+            key: self.keys.key(kind.reason(), token_id),
             rate: Rate {
                 per_second: 1,
                 burst: cap,
@@ -335,21 +396,21 @@ mod tests {
             burst: 5,
         };
         let l = limiter(rate, &clock);
-        let k: Arc<str> = "token:a".into();
+        let k = 1;
         let allowed = (0..20)
-            .filter(|_| matches!(check(&l, &k, 1, rate), Decision::Allow { .. }))
+            .filter(|_| matches!(check(&l, k, 1, rate), Decision::Allow { .. }))
             .count();
         assert_eq!(allowed, 5);
-        match check(&l, &k, 1, rate) {
+        match check(&l, k, 1, rate) {
             Decision::Deny { retry_after } => {
                 assert!(retry_after <= Duration::from_millis(100) && retry_after > Duration::ZERO)
             }
             other => panic!("expected a denial, got {other:?}"),
         }
         clock.advance(Duration::from_millis(100));
-        assert_eq!(check(&l, &k, 1, rate), Decision::Allow { remaining: 0 });
+        assert_eq!(check(&l, k, 1, rate), Decision::Allow { remaining: 0 });
         clock.advance(Duration::from_secs(1));
-        assert_eq!(check(&l, &k, 1, rate), Decision::Allow { remaining: 4 });
+        assert_eq!(check(&l, k, 1, rate), Decision::Allow { remaining: 4 });
     }
 
     #[test]
@@ -360,12 +421,12 @@ mod tests {
             burst: 2,
         };
         let l = limiter(rate, &clock);
-        let (a, b): (Arc<str>, Arc<str>) = ("token:a".into(), "token:b".into());
+        let (a, b) = (1, 2);
         for _ in 0..2 {
-            assert!(matches!(check(&l, &a, 1, rate), Decision::Allow { .. }));
+            assert!(matches!(check(&l, a, 1, rate), Decision::Allow { .. }));
         }
-        assert!(matches!(check(&l, &a, 1, rate), Decision::Deny { .. }));
-        assert_eq!(check(&l, &b, 1, rate), Decision::Allow { remaining: 1 });
+        assert!(matches!(check(&l, a, 1, rate), Decision::Deny { .. }));
+        assert_eq!(check(&l, b, 1, rate), Decision::Allow { remaining: 1 });
     }
 
     #[test]
@@ -376,10 +437,10 @@ mod tests {
             burst: 10,
         };
         let l = limiter(rate, &clock);
-        let k: Arc<str> = "token:a".into();
-        assert_eq!(check(&l, &k, 7, rate), Decision::Allow { remaining: 3 });
-        assert!(matches!(check(&l, &k, 4, rate), Decision::Deny { .. }));
-        assert!(matches!(check(&l, &k, 11, rate), Decision::Deny { .. }));
+        let k = 1;
+        assert_eq!(check(&l, k, 7, rate), Decision::Allow { remaining: 3 });
+        assert!(matches!(check(&l, k, 4, rate), Decision::Deny { .. }));
+        assert!(matches!(check(&l, k, 11, rate), Decision::Deny { .. }));
     }
 
     #[test]
@@ -416,12 +477,24 @@ mod tests {
     #[test]
     fn concurrency_is_bounded_per_token() {
         let limits = Limits::default();
-        let t: Arc<str> = "a".into();
-        let p1 = limits.enter(&t, 2).unwrap();
-        let _p2 = limits.enter(&t, 2).unwrap();
-        assert_eq!(limits.enter(&t, 2).err(), Some("token_concurrency"));
-        assert!(limits.enter(&"b".into(), 2).is_ok());
+        let t = limits.keys.key("token", "a");
+        let p1 = limits.enter(t, 2).unwrap();
+        let _p2 = limits.enter(t, 2).unwrap();
+        assert_eq!(limits.enter(t, 2).err(), Some("token_concurrency"));
+        assert!(limits.enter(limits.keys.key("token", "b"), 2).is_ok());
         drop(p1);
-        assert!(limits.enter(&t, 2).is_ok());
+        assert!(limits.enter(t, 2).is_ok());
+    }
+
+    #[test]
+    fn keys_are_stable_and_kinds_and_ids_never_run_together() {
+        let keys = KeyHasher::default();
+        assert_eq!(keys.key("token", "a"), keys.key("token", "a"));
+        assert_ne!(keys.key("token", "a"), keys.key("tenant", "a"));
+        assert_ne!(keys.key("token", "ab"), keys.key("tokena", "b"));
+        assert_ne!(
+            keys.key("token", "a"),
+            KeyHasher::default().key("token", "a")
+        );
     }
 }

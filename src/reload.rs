@@ -7,7 +7,7 @@
 use crate::config::{self, Config, Problems};
 use crate::policy::{Policy, PolicyHandle};
 use crate::token::usage::UsageStore;
-use crate::token::{TokenEntry, TokenIndex};
+use crate::token::{Entry, TokenIndex};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashSet;
@@ -74,8 +74,8 @@ pub fn warn_expiring(cfg: &Config) {
 pub fn token_changes(before: &TokenIndex, after: &Config) -> Vec<(&'static str, String)> {
     use config::TokenStatus::*;
     // By id, so a file of a hundred thousand tokens diffs in linear time.
-    let old: std::collections::HashMap<&str, &TokenEntry> =
-        before.entries().map(|b| (&*b.id, &**b)).collect();
+    let old: std::collections::HashMap<&str, Entry<'_>> =
+        before.entries().map(|b| (b.id(), b)).collect();
     let new: HashSet<&str> = after.tokens.tokens.iter().map(|t| t.id.as_str()).collect();
     let mut out = Vec::new();
     for t in &after.tokens.tokens {
@@ -85,7 +85,7 @@ pub fn token_changes(before: &TokenIndex, after: &Config) -> Vec<(&'static str, 
                 if !b.has_digest(&t.sha256) {
                     out.push(("token_rotated", t.id.clone()));
                 }
-                match (b.status, t.status) {
+                match (b.status(), t.status) {
                     (x, y) if x == y => {}
                     (_, Revoked) => out.push(("token_revoked", t.id.clone())),
                     (_, Suspended) => out.push(("token_suspended", t.id.clone())),
@@ -95,8 +95,8 @@ pub fn token_changes(before: &TokenIndex, after: &Config) -> Vec<(&'static str, 
         }
     }
     for b in before.entries() {
-        if !new.contains(&*b.id) {
-            out.push(("token_removed", b.id.to_string()));
+        if !new.contains(b.id()) {
+            out.push(("token_removed", b.id().to_owned()));
         }
     }
     out
@@ -195,7 +195,10 @@ impl Reloader {
             tracing::warn!("listen addresses changed; they take effect on restart");
         }
         self.tls.store(tls);
+        let tokens = policy.tokens.clone();
         let old = self.policy.swap(Arc::new(policy));
+        // After the swap: uses of the old index until now are carried into the new one.
+        self.runtime.usage.adopt(&tokens);
         Ok((cfg, old))
     }
 

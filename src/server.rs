@@ -185,6 +185,7 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
     let audit = runtime.audit.clone();
     let compiled = Policy::compile_with(&cfg, &runtime).map_err(|p| p.to_string())?;
     let tokens = compiled.tokens.len();
+    usage.adopt(&compiled.tokens);
     let policy = policy::handle(compiled);
     let tls: TlsHandle = Arc::new(ArcSwap::new(reload::tls_for(&cfg)?));
     reload::warn_expiring(&cfg);

@@ -149,6 +149,11 @@ impl DomainSet {
         }
     }
 
+    /// Identifies the shared list (not its contents): sets cloned from one another share it.
+    pub(crate) fn identity(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.patterns) as *const () as usize
+    }
+
     /// True when the set admits every domain, so no user needs to be inspected.
     pub fn is_unrestricted(&self) -> bool {
         self.patterns.contains(&DomainPattern::Any)

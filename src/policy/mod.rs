@@ -12,9 +12,9 @@ pub mod user;
 
 use crate::config::{Config, Mode, Problems, RateLimitsSection};
 use crate::proxy::upstream::Upstream;
-use crate::ratelimit::RateSlot;
+use crate::ratelimit::{RateSlot, RateSpec};
 use crate::token::usage::UsageStore;
-use crate::token::{TokenEntry, TokenIndex};
+use crate::token::TokenIndex;
 use arc_swap::ArcSwap;
 use domain::{DomainPattern, DomainSet};
 use std::collections::HashMap;
@@ -49,7 +49,9 @@ pub struct Policy {
     /// Short hash of the configuration and token files: the policy version in logs.
     pub version: Arc<str>,
     pub tenants: Vec<Arc<Tenant>>,
-    pub tokens: TokenIndex,
+    /// Shared with the usage store (whose live last-use times are this index's) and with
+    /// every request it validated.
+    pub tokens: Arc<TokenIndex>,
     pub limits: Limits,
     /// Rate-limit settings and the limiter state shared across reloads.
     pub rate_limits: RateLimitsSection,
@@ -111,22 +113,32 @@ impl Policy {
                 upstream,
             }));
         }
-        // Tokens mostly share a few domain lists: each distinct list is parsed once.
+        // Tokens mostly share a few domain lists and quotas: each is made once.
         let mut domain_sets: HashMap<&[String], DomainSet> = HashMap::new();
-        let tokens = TokenIndex::new(cfg.tokens.tokens.iter().filter_map(|rec| {
-            let tenant = tenants.iter().find(|t| *t.id == *rec.tenant)?;
-            let domains = match rec.domains.as_deref() {
-                Some(ds) => domain_sets
-                    .entry(ds)
-                    .or_insert_with(|| TokenEntry::parse_domains(ds))
-                    .clone(),
-                None => tenant.domains.clone(),
-            };
-            let mut entry = TokenEntry::with_domains(rec, tenant.id.clone(), domains, now)?;
-            entry.last_used = usage.counter(&entry.id, rec.created_at.map(|t| t.unix()), now);
-            entry.rate = limiters.slot("token", &entry.id, rec.rate_limit.or(rl.token));
-            Some(entry)
-        }));
+        let mut rates: HashMap<(u32, u32), Option<RateSpec>> = HashMap::new();
+        let mut builder = TokenIndex::builder(limiters.keys.clone(), cfg.tokens.tokens.len());
+        usage.with_starts(now, |start| {
+            for rec in &cfg.tokens.tokens {
+                let Some(tenant) = tenants.iter().find(|t| *t.id == *rec.tenant) else {
+                    continue;
+                };
+                let domains = match rec.domains.as_deref() {
+                    Some(ds) => domain_sets
+                        .entry(ds)
+                        .or_insert_with(|| crate::token::parse_domains(ds)),
+                    None => &tenant.domains,
+                };
+                let rate = rec.rate_limit.or(rl.token).and_then(|r| {
+                    rates
+                        .entry((r.per_second, r.burst))
+                        .or_insert_with(|| limiters.spec("token", Some(r)))
+                        .clone()
+                });
+                let last_used = start(&rec.id, rec.created_at.map(|t| t.unix()));
+                let _ = builder.push(rec, &tenant.id, domains, rate.as_ref(), last_used);
+            }
+        });
+        let tokens = Arc::new(builder.finish());
         Ok(Policy {
             version: cfg.version.as_str().into(),
             tenants,

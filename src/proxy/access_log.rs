@@ -19,7 +19,7 @@ pub struct AccessRecord {
     pub request_id: Option<HeaderValue>,
     pub path: Option<String>,
     pub tenant: Option<Arc<str>>,
-    pub token_id: Option<Arc<str>>,
+    pub token_id: Option<crate::token::TokenRef>,
     pub operation: Option<&'static str>,
     pub decision: Option<&'static str>,
     pub reason: Option<&'static str>,
@@ -238,7 +238,7 @@ fn emit(
         r.request_id.as_ref().and_then(|v| v.to_str().ok()),
     )
     .opt_str("tenant", r.tenant.as_deref())
-    .opt_str("token_id", r.token_id.as_deref())
+    .opt_str("token_id", r.token_id.as_ref().map(|t| t.id()))
     .str("method", method.as_str())
     .opt_str("path", r.path.as_deref().map(redacted))
     .num("raw_path_len", raw_path_len as u64)

@@ -58,7 +58,7 @@ impl<B> Predicate<Request<B>> for Authenticate {
             Err(failure) => return Err(GatewayError::Auth(failure).into()),
         };
         super::access_log::record(&req, |r| {
-            r.token_id = Some(entry.id.clone());
+            r.token_id = Some(entry.clone());
         });
         req.extensions_mut().insert(Authenticated(entry));
         Ok(req)

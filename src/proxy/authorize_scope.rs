@@ -21,7 +21,7 @@ impl<B> Predicate<Request<B>> for AuthorizeScope {
         let (Some(token), Some(routed)) = (ext.get::<Authenticated>(), ext.get::<Routed>()) else {
             return Err(GatewayError::Internal("scope check before routing").into());
         };
-        authorize(token.0.scopes, &routed.op).map_err(GatewayError::MissingScope)?;
+        authorize(token.0.scopes(), &routed.op).map_err(GatewayError::MissingScope)?;
         Ok(req)
     }
 }

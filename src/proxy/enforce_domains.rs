@@ -26,7 +26,7 @@ use crate::policy::user::{
 };
 use crate::scim::error::GatewayError;
 use crate::scim::json::{parse_strict, MAX_DEPTH};
-use crate::token::TokenEntry;
+use crate::token::TokenRef;
 use crate::BoxError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
@@ -116,7 +116,7 @@ struct Ctx<S> {
     inner: S,
     dir: Arc<Directory>,
     origin: Origin,
-    token: Arc<TokenEntry>,
+    token: TokenRef,
     report_only: bool,
     record: Option<RecordHandle>,
     max_body: usize,
@@ -130,7 +130,7 @@ where
 {
     fn policy(&self) -> DomainPolicy<'_> {
         DomainPolicy {
-            domains: &self.token.domains,
+            domains: self.token.domains(),
             allow_users_without_email: self.origin.tenant.allow_users_without_email,
         }
     }
@@ -325,12 +325,12 @@ where
             let Some(kind) = crate::policy::blast::classify(op, body) else {
                 continue;
             };
-            let Some(slot) = self.limiters.blast(kind, &self.token.id, &self.blast_cfg) else {
+            let Some(slot) = self.limiters.blast(kind, self.token.id(), &self.blast_cfg) else {
                 continue;
             };
             if let crate::ratelimit::Decision::Deny { retry_after } = slot.check(1) {
                 tracing::warn!(
-                    token_id = &*self.token.id,
+                    token_id = self.token.id(),
                     reason = kind.reason(),
                     "blast-radius cap reached"
                 );
@@ -613,12 +613,12 @@ where
             detail: d.into(),
         })?;
         for b in &ops {
-            authorize(ctx.token.scopes, &b.op).map_err(GatewayError::MissingScope)?;
+            authorize(ctx.token.scopes(), &b.op).map_err(GatewayError::MissingScope)?;
         }
         // A Bulk request costs one unit per operation; the first was charged on the way in.
         let extra = (ops.len() as u32).saturating_sub(1);
         if extra > 0 {
-            if let Some(slot) = &ctx.token.rate {
+            if let Some(slot) = &ctx.token.rate() {
                 crate::proxy::rate_limit::charge(slot, extra)?;
             }
             if let Some(slot) = &ctx.origin.tenant.rate {
@@ -838,7 +838,7 @@ where
             tracing::error!(
                 reason = e.reason(),
                 tenant = &*ctx.origin.tenant.id,
-                token_id = &*ctx.token.id,
+                token_id = ctx.token.id(),
                 "the backend stored a user outside the token's domains after a write the gateway allowed"
             );
             return Err(GatewayError::UpstreamInvalid(
@@ -1001,7 +1001,11 @@ where
             .and_then(|b| b.get("maxOperations"))
             .and_then(Value::as_u64)
             .unwrap_or(MAX_OPERATIONS as u64) as usize;
-        let allowed = backend_ok && ctx.token.scopes.contains(crate::policy::scope::Scope::Bulk);
+        let allowed = backend_ok
+            && ctx
+                .token
+                .scopes()
+                .contains(crate::policy::scope::Scope::Bulk);
         obj.retain(|k, _| !k.eq_ignore_ascii_case("bulk"));
         obj.insert(
             "bulk".into(),

@@ -41,7 +41,7 @@ pub mod upstream;
 
 use crate::policy::route::Operation;
 use crate::policy::{Policy, PolicyHandle, Tenant};
-use crate::token::TokenEntry;
+use crate::token::TokenRef;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -75,7 +75,7 @@ pub struct NormalizedPath(pub String);
 
 /// The authenticated token.
 #[derive(Debug, Clone)]
-pub struct Authenticated(pub Arc<TokenEntry>);
+pub struct Authenticated(pub TokenRef);
 
 /// The routed request: its tenant and its SCIM operation.
 #[derive(Debug, Clone)]

@@ -78,16 +78,17 @@ where
             });
         };
         let policy = &snapshot.0;
+        let token_slot = token.0.rate();
+        let token_key = token_slot.as_ref().map_or_else(|| token.0.key(), |s| s.key);
         let permits = match policy
             .limiters
-            .enter(&token.0.id, policy.rate_limits.token_concurrency)
+            .enter(token_key, policy.rate_limits.token_concurrency)
         {
             Ok(p) => p,
             Err(reason) => {
                 return Box::pin(async move { Err(GatewayError::Overloaded { reason }.into()) })
             }
         };
-        let token_slot = token.0.rate.clone();
         let mut status = None;
         if let Some(slot) = &token_slot {
             match charge(slot, 1) {

@@ -30,7 +30,7 @@ impl<B> Predicate<Request<B>> for RouteTenant {
             .route(&path.0)
             .ok_or(GatewayError::Route(RouteError::NotFound))?;
         super::access_log::record(&req, |r| r.tenant = Some(tenant.id.clone()));
-        if tenant.id != token.0.tenant {
+        if tenant.id != *token.0.tenant() {
             return Err(GatewayError::TenantMismatch.into());
         }
         let op = classify(req.method(), rest).map_err(|e| match e {

@@ -8,7 +8,7 @@ pub mod usage;
 
 pub use file::{update_tokens_file, write_tokens_file};
 pub use format::{generate, hash, hint, looks_like_token, PREFIX};
-pub use store::{AuthFailure, TokenEntry, TokenIndex};
+pub use store::{parse_domains, AuthFailure, Builder, Entry, TokenIndex, TokenRef};
 
 #[cfg(test)]
 mod tests;

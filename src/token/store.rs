@@ -1,11 +1,19 @@
-//! The in-memory token index: SHA-256 digest → entry, so lookup cost does not grow with the
+//! The in-memory token index: SHA-256 digest → token, so lookup cost does not grow with the
 //! number of tokens, and validation of expiry, idle expiry and status.
+//!
+//! A gateway may hold a hundred thousand tokens, so the index is a few flat tables rather than
+//! one object per token: the digests in one array (found through a table of 4-byte positions),
+//! every id in one string, 28 bytes of grants per token, and the tenants, domain lists and rate
+//! quotas that tokens share stored once and referred to by number. About 80 bytes a token, and
+//! a handful of allocations however many tokens there are.
 
 use crate::config::{TokenRecord, TokenStatus};
 use crate::policy::domain::{DomainPattern, DomainSet};
 use crate::policy::scope::ScopeSet;
+use crate::ratelimit::{KeyHasher, RateSlot, RateSpec};
+use hashbrown::HashTable;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -47,165 +55,252 @@ impl AuthFailure {
     }
 }
 
-/// A validated token's grants, shared by every request that presents it.
-#[derive(Debug)]
-pub struct TokenEntry {
-    pub id: Arc<str>,
-    pub tenant: Arc<str>,
-    digest: [u8; 32],
-    pub scopes: ScopeSet,
-    pub domains: DomainSet,
-    /// Unix seconds; `None` never expires.
-    pub expires_at: Option<u64>,
-    /// Seconds of disuse after which the token stops working.
-    pub idle_timeout: Option<u64>,
-    pub status: TokenStatus,
-    /// Unix seconds of the last accepted use (or of issue/load when never used). Shared with
-    /// the usage store, so it survives reloads and is persisted across restarts.
-    pub last_used: Arc<AtomicU64>,
-    /// The rotated-out secret's digest and the end of its overlap, if any.
-    previous: Option<Box<([u8; 32], u64)>>,
-    /// This token's rate limit, if any.
-    pub rate: Option<crate::ratelimit::RateSlot>,
+/// "No limit" for a 32-bit time or duration field.
+const NONE: u32 = u32::MAX;
+
+/// Unix seconds or a duration in seconds as 32 bits. Anything past February 2106 becomes the
+/// last representable second: an expiry can only move earlier, never disappear.
+fn secs(t: u64) -> u32 {
+    u32::try_from(t).unwrap_or(NONE - 1)
 }
 
-impl TokenEntry {
-    /// Builds an entry from a validated record; `tenant_domains` applies when the record names none.
-    pub fn from_record(rec: &TokenRecord, tenant_domains: &DomainSet, now: u64) -> Option<Self> {
-        let domains = match &rec.domains {
-            Some(ds) => Self::parse_domains(ds),
-            None => tenant_domains.clone(),
-        };
-        Self::with_domains(rec, rec.tenant.as_str().into(), domains, now)
-    }
+/// One token's grants, by number into the index's shared tables (28 bytes).
+#[derive(Debug)]
+pub(super) struct Token {
+    id_start: u32,
+    id_len: u8,
+    scopes: ScopeSet,
+    status: TokenStatus,
+    tenant: u32,
+    domains: u32,
+    /// `NONE`: no rate limit.
+    rate: u32,
+    /// Unix seconds; `NONE` never expires.
+    expires_at: u32,
+    /// Seconds of disuse after which the token stops working; `NONE` never.
+    idle_timeout: u32,
+}
 
-    /// A token record's own `domains` list as a set (invalid patterns were refused at load).
-    pub fn parse_domains(ds: &[String]) -> DomainSet {
-        DomainSet::new(
-            ds.iter()
-                .filter_map(|d| DomainPattern::parse(d).ok())
-                .collect(),
-        )
-    }
+/// Every token of a policy. A rotated token has two live secrets, both found here.
+pub struct TokenIndex {
+    /// Secret numbers, hashed by the digest's first eight bytes (a digest is uniformly
+    /// random, and nobody can add entries, so no keyed hash is needed).
+    by_digest: HashTable<u32>,
+    /// By secret number: token `i`'s current secret is secret `i`; rotated-out secrets follow.
+    digests: Vec<[u8; 32]>,
+    /// For secret `tokens.len() + k`: its token and the end of its overlap (unix seconds).
+    previous: Vec<(u32, u32)>,
+    tokens: Vec<Token>,
+    /// Every token id, end to end.
+    ids: String,
+    pub(super) tenants: Vec<Arc<str>>,
+    pub(super) domains: Vec<DomainSet>,
+    pub(super) rates: Vec<RateSpec>,
+    /// Unix seconds of each token's last accepted use (or of issue/load when never used).
+    last_used: Box<[AtomicU32]>,
+    /// Set when a last use moved, so the usage store writes only what changed.
+    used: AtomicBool,
+    keys: KeyHasher,
+}
 
-    /// [`TokenEntry::from_record`] with the token's domains already resolved, so a large token
-    /// file parses each distinct domain list once.
-    pub fn with_domains(
+impl std::fmt::Debug for TokenIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIndex")
+            .field("tokens", &self.tokens.len())
+            .field("secrets", &self.digests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TokenIndex {
+    fn default() -> Self {
+        TokenIndex::builder(KeyHasher::default(), 0).finish()
+    }
+}
+
+/// Parses a record's hex digest.
+fn digest_of(hex_sha256: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_sha256).ok()?.try_into().ok()
+}
+
+fn bucket(digest: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Builds a [`TokenIndex`] one record at a time.
+pub struct Builder {
+    index: TokenIndex,
+    last_used: Vec<AtomicU32>,
+    /// Rotated-out secrets' digests, numbered after every current secret at the end.
+    previous_digests: Vec<[u8; 32]>,
+    /// Shared tables' positions, by the identity of the shared value.
+    tenant_at: HashMap<usize, u32>,
+    domains_at: HashMap<usize, u32>,
+}
+
+impl Builder {
+    /// Adds the token of a validated record, last used at `last_used` (unix seconds), with
+    /// its tenant, its resolved domains and its quota. Returns `None`, adding nothing, when a
+    /// digest is not 64 hex digits or the id is longer than 255 bytes.
+    pub fn push(
+        &mut self,
         rec: &TokenRecord,
-        tenant: Arc<str>,
-        domains: DomainSet,
-        now: u64,
-    ) -> Option<Self> {
-        let digest: [u8; 32] = hex::decode(&rec.sha256).ok()?.try_into().ok()?;
-        let created = rec.created_at.map(|t| t.unix()).unwrap_or(now);
+        tenant: &Arc<str>,
+        domains: &DomainSet,
+        rate: Option<&RateSpec>,
+        last_used: u64,
+    ) -> Option<()> {
+        let digest = digest_of(&rec.sha256)?;
         let previous = match &rec.previous {
-            Some(p) => Some(Box::new((
-                hex::decode(&p.sha256).ok()?.try_into().ok()?,
-                p.expires_at.unix(),
-            ))),
+            Some(p) => Some((digest_of(&p.sha256)?, secs(p.expires_at.unix()))),
             None => None,
         };
-        Some(TokenEntry {
-            id: rec.id.as_str().into(),
-            tenant,
-            digest,
+        let id_len = u8::try_from(rec.id.len()).ok()?;
+        let ix = &mut self.index;
+        let at = u32::try_from(ix.tokens.len()).ok()?;
+        let id_start = u32::try_from(ix.ids.len()).ok()?;
+        let tenant_no = *self
+            .tenant_at
+            .entry(Arc::as_ptr(tenant) as *const () as usize)
+            .or_insert_with(|| {
+                ix.tenants.push(tenant.clone());
+                (ix.tenants.len() - 1) as u32
+            });
+        let domains_no = *self
+            .domains_at
+            .entry(domains.identity())
+            .or_insert_with(|| {
+                ix.domains.push(domains.clone());
+                (ix.domains.len() - 1) as u32
+            });
+        let rate_no = match rate {
+            None => NONE,
+            Some(r) => match ix.rates.iter().position(|s| s.same(r)) {
+                Some(n) => n as u32,
+                None => {
+                    ix.rates.push(r.clone());
+                    (ix.rates.len() - 1) as u32
+                }
+            },
+        };
+        ix.ids.push_str(&rec.id);
+        ix.tokens.push(Token {
+            id_start,
+            id_len,
             scopes: rec.scopes.iter().copied().collect(),
-            domains,
-            expires_at: rec.expires_at.map(|t| t.unix()),
-            idle_timeout: rec.idle_timeout.map(|d| d.0.as_secs()),
             status: rec.status,
-            last_used: Arc::new(AtomicU64::new(created)),
-            previous,
-            rate: None,
-        })
+            tenant: tenant_no,
+            domains: domains_no,
+            rate: rate_no,
+            expires_at: rec.expires_at.map_or(NONE, |t| secs(t.unix())),
+            idle_timeout: rec.idle_timeout.map_or(NONE, |d| secs(d.0.as_secs())),
+        });
+        ix.digests.push(digest);
+        self.last_used.push(AtomicU32::new(secs(last_used)));
+        if let Some((d, until)) = previous {
+            ix.previous.push((at, until));
+            self.previous_digests.push(d);
+        }
+        Some(())
     }
 
-    /// Whether this entry's current secret is the one whose hex SHA-256 is `sha256`.
-    pub fn has_digest(&self, sha256: &str) -> bool {
-        hex::decode(sha256).is_ok_and(|d| d == self.digest)
-    }
-
-    /// Checks status, expiry and idle expiry at `now`, and on success records the use.
-    pub fn check(&self, now: u64) -> Result<(), AuthFailure> {
-        match self.status {
-            TokenStatus::Active => {}
-            TokenStatus::Suspended => return Err(AuthFailure::Suspended),
-            TokenStatus::Revoked => return Err(AuthFailure::Revoked),
-        }
-        if self.expires_at.is_some_and(|t| now >= t) {
-            return Err(AuthFailure::Expired);
-        }
-        if let Some(idle) = self.idle_timeout {
-            let last = self.last_used.load(Ordering::Relaxed);
-            if now.saturating_sub(last) > idle {
-                return Err(AuthFailure::IdleExpired);
+    /// The finished index. Where two secrets share a digest, the first current secret with it
+    /// wins, else the first rotated-out one (the configuration refuses such files; this only
+    /// fixes the choice).
+    pub fn finish(self) -> TokenIndex {
+        let mut ix = self.index;
+        ix.digests.extend(self.previous_digests);
+        ix.digests.shrink_to_fit();
+        ix.tokens.shrink_to_fit();
+        ix.previous.shrink_to_fit();
+        ix.ids.shrink_to_fit();
+        let digests = &ix.digests;
+        let mut table = HashTable::with_capacity(digests.len());
+        for (n, d) in digests.iter().enumerate() {
+            let h = bucket(d);
+            if table
+                .find(h, |&s: &u32| digests[s as usize] == *d)
+                .is_none()
+            {
+                table.insert_unique(h, n as u32, |&s: &u32| bucket(&digests[s as usize]));
             }
         }
-        // Sliding expiry: one relaxed store per second at most, no lock on the hot path.
-        if self.last_used.load(Ordering::Relaxed) < now {
-            self.last_used.store(now, Ordering::Relaxed);
-        }
-        Ok(())
+        ix.by_digest = table;
+        ix.last_used = self.last_used.into_boxed_slice();
+        ix
     }
-}
-
-/// One live secret: the entry it unlocks and, for a rotated-out secret, when it stops working.
-#[derive(Debug)]
-struct Slot {
-    entry: Arc<TokenEntry>,
-    until: Option<u64>,
-}
-
-/// Every token of a policy, keyed by digest. A rotated entry has two live secrets, both keyed
-/// here, sharing one entry.
-#[derive(Debug, Default)]
-pub struct TokenIndex {
-    by_digest: HashMap<[u8; 32], Slot>,
-    entries: Vec<Arc<TokenEntry>>,
 }
 
 impl TokenIndex {
-    pub fn new(entries: impl IntoIterator<Item = TokenEntry>) -> Self {
-        let mut idx = TokenIndex::default();
-        for e in entries {
-            let e = Arc::new(e);
-            if let Some(&(digest, until)) = e.previous.as_deref() {
-                idx.by_digest.insert(
-                    digest,
-                    Slot {
-                        entry: e.clone(),
-                        until: Some(until),
-                    },
-                );
-            }
-            idx.by_digest.insert(
-                e.digest,
-                Slot {
-                    entry: e.clone(),
-                    until: None,
-                },
-            );
-            idx.entries.push(e);
+    /// An empty builder; `capacity` tokens are reserved up front. `keys` turns token ids into
+    /// rate-limiter keys (the runtime's, so budgets survive reloads).
+    pub fn builder(keys: KeyHasher, capacity: usize) -> Builder {
+        Builder {
+            index: TokenIndex {
+                by_digest: HashTable::new(),
+                digests: Vec::with_capacity(capacity),
+                previous: Vec::new(),
+                tokens: Vec::with_capacity(capacity),
+                ids: String::new(),
+                tenants: Vec::new(),
+                domains: Vec::new(),
+                rates: Vec::new(),
+                last_used: Box::new([]),
+                used: AtomicBool::new(false),
+                keys,
+            },
+            last_used: Vec::with_capacity(capacity),
+            previous_digests: Vec::new(),
+            tenant_at: HashMap::new(),
+            domains_at: HashMap::new(),
         }
-        idx
     }
 
-    /// Number of token entries (not secrets).
+    /// An index of `records`, each with its own domains or else `tenant_domains`, no rate
+    /// limit, and never used before `now` (tests, benchmarks). Records with a malformed
+    /// digest are left out.
+    pub fn from_records<'r>(
+        records: impl IntoIterator<Item = &'r TokenRecord>,
+        tenant_domains: &DomainSet,
+        now: u64,
+    ) -> TokenIndex {
+        let mut b = TokenIndex::builder(KeyHasher::default(), 0);
+        let mut tenants: HashMap<&str, Arc<str>> = HashMap::new();
+        for rec in records {
+            let tenant = tenants
+                .entry(rec.tenant.as_str())
+                .or_insert_with(|| rec.tenant.as_str().into())
+                .clone();
+            let domains = match &rec.domains {
+                Some(ds) => parse_domains(ds),
+                None => tenant_domains.clone(),
+            };
+            let created = rec.created_at.map(|t| t.unix()).unwrap_or(now);
+            let _ = b.push(rec, &tenant, &domains, None, created);
+        }
+        b.finish()
+    }
+
+    /// Number of tokens (not secrets).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.tokens.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.tokens.is_empty()
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Arc<TokenEntry>> {
-        self.entries.iter()
+    /// Every token, in the order it was added.
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        (0..self.tokens.len() as u32).map(move |at| Entry { index: self, at })
     }
 
     /// Validates a presented token: format and checksum first (no lookup for garbage), then one
-    /// hash-map probe, then a constant-time comparison of the digest, then status and expiry.
-    pub fn validate(&self, presented: &str, now: u64) -> Result<Arc<TokenEntry>, AuthFailure> {
+    /// hash-table probe with a constant-time comparison of the digest, then status and expiry.
+    /// On success the use is recorded (sliding idle expiry).
+    pub fn validate(self: &Arc<Self>, presented: &str, now: u64) -> Result<TokenRef, AuthFailure> {
         if presented.is_empty() {
             return Err(AuthFailure::Missing);
         }
@@ -213,18 +308,213 @@ impl TokenIndex {
             return Err(AuthFailure::Malformed);
         }
         let digest = super::hash(presented);
-        let slot = self.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
-        let expected = match (slot.until, slot.entry.previous.as_deref()) {
-            (Some(_), Some(&(prev, _))) => prev,
-            _ => slot.entry.digest,
+        let secret = *self
+            .by_digest
+            .find(bucket(&digest), |&s| {
+                bool::from(self.digests[s as usize].ct_eq(&digest))
+            })
+            .ok_or(AuthFailure::Unknown)?;
+        let at = match (secret as usize).checked_sub(self.tokens.len()) {
+            None => secret,
+            Some(k) => {
+                let (at, until) = self.previous[k];
+                if secs(now) >= until {
+                    return Err(AuthFailure::Rotated);
+                }
+                at
+            }
         };
-        if !bool::from(expected.ct_eq(&digest)) {
-            return Err(AuthFailure::Unknown);
+        self.check(at, now)?;
+        Ok(TokenRef {
+            index: self.clone(),
+            at,
+        })
+    }
+
+    /// Checks status, expiry and idle expiry of token `at` at `now`, and on success records
+    /// the use: one relaxed store per token and second at most, no lock.
+    fn check(&self, at: u32, now: u64) -> Result<(), AuthFailure> {
+        let t = &self.tokens[at as usize];
+        match t.status {
+            TokenStatus::Active => {}
+            TokenStatus::Suspended => return Err(AuthFailure::Suspended),
+            TokenStatus::Revoked => return Err(AuthFailure::Revoked),
         }
-        if slot.until.is_some_and(|t| now >= t) {
-            return Err(AuthFailure::Rotated);
+        let now = secs(now);
+        if t.expires_at != NONE && now >= t.expires_at {
+            return Err(AuthFailure::Expired);
         }
-        slot.entry.check(now)?;
-        Ok(slot.entry.clone())
+        let last_used = &self.last_used[at as usize];
+        let last = last_used.load(Ordering::Relaxed);
+        if t.idle_timeout != NONE && now.saturating_sub(last) > t.idle_timeout {
+            return Err(AuthFailure::IdleExpired);
+        }
+        if last < now {
+            last_used.store(now, Ordering::Relaxed);
+            if !self.used.load(Ordering::Relaxed) {
+                self.used.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a use moved any last-use time since the last call (which clears the mark).
+    pub fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
+    }
+
+    fn id(&self, at: u32) -> &str {
+        let t = &self.tokens[at as usize];
+        let start = t.id_start as usize;
+        self.ids.get(start..start + t.id_len as usize).unwrap_or("")
+    }
+
+    fn rate(&self, at: u32) -> Option<RateSlot> {
+        let t = &self.tokens[at as usize];
+        let spec = self.rates.get(t.rate as usize)?;
+        Some(spec.slot(self.key(at)))
+    }
+
+    fn key(&self, at: u32) -> u64 {
+        self.keys.key("token", self.id(at))
+    }
+
+    /// Raises token `at`'s last use to `unix` if that is later (a use recorded elsewhere).
+    pub(crate) fn raise_last_used(&self, at: u32, unix: u64) {
+        self.last_used[at as usize].fetch_max(secs(unix), Ordering::Relaxed);
+    }
+}
+
+/// A token record's own `domains` list as a set (invalid patterns were refused at load).
+pub fn parse_domains(ds: &[String]) -> DomainSet {
+    DomainSet::new(
+        ds.iter()
+            .filter_map(|d| DomainPattern::parse(d).ok())
+            .collect(),
+    )
+}
+
+/// A validated token: its position in the index of the policy snapshot that validated it. A
+/// request carries one; cloning it is one reference count, and nothing is copied per request.
+#[derive(Clone)]
+pub struct TokenRef {
+    index: Arc<TokenIndex>,
+    at: u32,
+}
+
+impl TokenRef {
+    pub fn id(&self) -> &str {
+        self.index.id(self.at)
+    }
+
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.index.tenants[self.index.tokens[self.at as usize].tenant as usize]
+    }
+
+    pub fn scopes(&self) -> ScopeSet {
+        self.index.tokens[self.at as usize].scopes
+    }
+
+    pub fn domains(&self) -> &DomainSet {
+        &self.index.domains[self.index.tokens[self.at as usize].domains as usize]
+    }
+
+    /// The token's key in the rate limiters and the concurrency bound (a keyed hash of its id).
+    pub fn key(&self) -> u64 {
+        self.index.key(self.at)
+    }
+
+    /// The token's rate-limit slot, if it has a quota.
+    pub fn rate(&self) -> Option<RateSlot> {
+        self.index.rate(self.at)
+    }
+
+    /// Unix seconds of the last accepted use.
+    pub fn last_used(&self) -> u64 {
+        self.index.last_used[self.at as usize].load(Ordering::Relaxed) as u64
+    }
+}
+
+/// Shows the id only: never a digest.
+impl std::fmt::Debug for TokenRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TokenRef").field(&self.id()).finish()
+    }
+}
+
+/// Serialises as the token's id (audit records).
+impl serde::Serialize for TokenRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+/// One token of an index, borrowed (reload diffs, the usage store, tests).
+#[derive(Clone, Copy)]
+pub struct Entry<'a> {
+    index: &'a TokenIndex,
+    at: u32,
+}
+
+impl<'a> Entry<'a> {
+    /// Position in the index.
+    pub fn at(&self) -> u32 {
+        self.at
+    }
+
+    pub fn id(&self) -> &'a str {
+        self.index.id(self.at)
+    }
+
+    pub fn tenant(&self) -> &'a Arc<str> {
+        &self.index.tenants[self.token().tenant as usize]
+    }
+
+    pub fn status(&self) -> TokenStatus {
+        self.token().status
+    }
+
+    pub fn scopes(&self) -> ScopeSet {
+        self.token().scopes
+    }
+
+    pub fn domains(&self) -> &'a DomainSet {
+        &self.index.domains[self.token().domains as usize]
+    }
+
+    /// Unix seconds; `None` never expires.
+    pub fn expires_at(&self) -> Option<u64> {
+        let t = self.token().expires_at;
+        (t != NONE).then_some(t as u64)
+    }
+
+    /// Seconds; `None` has no idle expiry.
+    pub fn idle_timeout(&self) -> Option<u64> {
+        let t = self.token().idle_timeout;
+        (t != NONE).then_some(t as u64)
+    }
+
+    /// Unix seconds of the last accepted use.
+    pub fn last_used(&self) -> u64 {
+        self.index.last_used[self.at as usize].load(Ordering::Relaxed) as u64
+    }
+
+    /// The token's rate-limit slot, if it has a quota.
+    pub fn rate(&self) -> Option<RateSlot> {
+        self.index.rate(self.at)
+    }
+
+    /// Whether this token's current secret is the one whose hex SHA-256 is `sha256`.
+    pub fn has_digest(&self, sha256: &str) -> bool {
+        digest_of(sha256).is_some_and(|d| d == self.index.digests[self.at as usize])
+    }
+
+    /// Checks status, expiry and idle expiry at `now`, recording the use on success.
+    pub fn check(&self, now: u64) -> Result<(), AuthFailure> {
+        self.index.check(self.at, now)
+    }
+
+    fn token(&self) -> &'a Token {
+        &self.index.tokens[self.at as usize]
     }
 }

@@ -3,7 +3,7 @@ use super::*;
 use crate::config::{HumanDuration, PreviousSecret, Timestamp, TokenRecord, TokenStatus};
 use crate::policy::domain::{DomainPattern, DomainSet};
 use crate::policy::scope::Scope;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const BASE62: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -32,12 +32,9 @@ fn record(id: &str, secret: &str) -> TokenRecord {
     rec
 }
 
-fn entry(rec: &TokenRecord) -> TokenEntry {
-    TokenEntry::from_record(rec, &tenant_domains(), 5_000).expect("valid record")
-}
-
-fn index_of(recs: &[TokenRecord]) -> TokenIndex {
-    TokenIndex::new(recs.iter().map(entry))
+/// An index of `recs` loaded at t=5000 (records without `created_at` count as used then).
+fn index_of(recs: &[TokenRecord]) -> Arc<TokenIndex> {
+    Arc::new(TokenIndex::from_records(recs, &tenant_domains(), 5_000))
 }
 
 #[test]
@@ -177,7 +174,7 @@ fn validate_reports_each_failure() {
         (revoked_and_expired.as_str(), Err(AuthFailure::Revoked)),
     ];
     for (tok, want) in &cases {
-        let got = idx.validate(tok, now).map(|e| e.id.to_string());
+        let got = idx.validate(tok, now).map(|e| e.id().to_owned());
         assert_eq!(got.as_deref().map_err(|e| *e), *want, "token {tok:?}");
     }
     // Expiry is inclusive of its instant.
@@ -192,14 +189,14 @@ fn validate_reports_each_failure() {
 
     // The entry carries the record's grants.
     let e = idx.validate(&good, now).unwrap();
-    assert_eq!(&*e.tenant, "acme");
-    assert!(e.scopes.contains(Scope::UsersRead));
-    assert!(!e.scopes.contains(Scope::UsersWrite));
-    assert!(e.domains.admits_address("a@acme.com"));
-    assert!(!e.domains.admits_address("a@x.acme.io"));
+    assert_eq!(&**e.tenant(), "acme");
+    assert!(e.scopes().contains(Scope::UsersRead));
+    assert!(!e.scopes().contains(Scope::UsersWrite));
+    assert!(e.domains().admits_address("a@acme.com"));
+    assert!(!e.domains().admits_address("a@x.acme.io"));
     // Without its own domains a token has the tenant's.
-    let s = idx.entries().find(|e| &*e.id == "suspended").unwrap();
-    assert_eq!(s.domains, tenant_domains());
+    let s = idx.entries().find(|e| e.id() == "suspended").unwrap();
+    assert_eq!(*s.domains(), tenant_domains());
 
     let reasons: Vec<&str> = [
         AuthFailure::Missing,
@@ -248,7 +245,7 @@ fn idle_expiry_slides_with_use() {
     );
     let idx = index_of(std::slice::from_ref(&rec));
     let e = idx.validate(&tok, 1_060).unwrap();
-    assert_eq!(e.last_used.load(Ordering::Relaxed), 1_060);
+    assert_eq!(e.last_used(), 1_060);
 
     // Each accepted use moves the window.
     let idx = index_of(std::slice::from_ref(&rec));
@@ -256,37 +253,34 @@ fn idle_expiry_slides_with_use() {
     assert!(idx.validate(&tok, 1_110).is_ok());
     assert!(idx.validate(&tok, 1_170).is_ok());
     let e = idx.entries().next().unwrap();
-    assert_eq!(e.last_used.load(Ordering::Relaxed), 1_170);
+    assert_eq!(e.last_used(), 1_170);
     assert_eq!(
         idx.validate(&tok, 1_231).map(|_| ()),
         Err(AuthFailure::IdleExpired)
     );
-    assert_eq!(e.last_used.load(Ordering::Relaxed), 1_170);
+    assert_eq!(e.last_used(), 1_170);
 
     // A use from the past never moves last_used backwards.
     let idx = index_of(std::slice::from_ref(&rec));
     assert!(idx.validate(&tok, 1_040).is_ok());
     assert!(idx.validate(&tok, 1_020).is_ok());
-    assert_eq!(
-        idx.entries()
-            .next()
-            .unwrap()
-            .last_used
-            .load(Ordering::Relaxed),
-        1_040
-    );
+    assert_eq!(idx.entries().next().unwrap().last_used(), 1_040);
 
     // Without created_at the load time counts as the last use.
     let rec2 = TokenRecord {
         created_at: None,
         ..rec.clone()
     };
-    let e = TokenEntry::from_record(&rec2, &tenant_domains(), 5_000).unwrap();
-    assert_eq!(e.last_used.load(Ordering::Relaxed), 5_000);
-    assert_eq!(e.idle_timeout, Some(60));
+    let idx = index_of(std::slice::from_ref(&rec2));
+    let e = idx.entries().next().unwrap();
+    assert_eq!(e.last_used(), 5_000);
+    assert_eq!(e.idle_timeout(), Some(60));
     assert_eq!(e.check(5_060), Ok(()));
-    let e = TokenEntry::from_record(&rec2, &tenant_domains(), 5_000).unwrap();
-    assert_eq!(e.check(5_061), Err(AuthFailure::IdleExpired));
+    let idx = index_of(std::slice::from_ref(&rec2));
+    assert_eq!(
+        idx.entries().next().unwrap().check(5_061),
+        Err(AuthFailure::IdleExpired)
+    );
 }
 
 #[test]
@@ -297,19 +291,16 @@ fn from_record_refuses_bad_hashes() {
             sha256: sha.to_owned(),
             ..record("x", &tok)
         };
-        assert!(
-            TokenEntry::from_record(&rec, &tenant_domains(), 0).is_none(),
-            "{sha:?}"
-        );
+        assert!(index_of(&[rec]).is_empty(), "{sha:?}");
     }
     // Upper-case hex is the same digest.
     let rec = TokenRecord {
         sha256: hex::encode(hash(&tok)).to_uppercase(),
         ..record("upper", &tok)
     };
-    let idx = TokenIndex::new(TokenEntry::from_record(&rec, &tenant_domains(), 0));
+    let idx = index_of(&[rec]);
     assert_eq!(
-        idx.validate(&tok, 1_000).map(|e| e.id.to_string()),
+        idx.validate(&tok, 1_000).map(|e| e.id().to_owned()),
         Ok("upper".to_owned())
     );
 }
@@ -345,12 +336,12 @@ fn lookups_do_not_depend_on_the_index_size() {
         "",
         "x",
     ] {
-        let a = small.validate(tok, 2_000).map(|e| e.id.to_string());
-        let b = large.validate(tok, 2_000).map(|e| e.id.to_string());
+        let a = small.validate(tok, 2_000).map(|e| e.id().to_owned());
+        let b = large.validate(tok, 2_000).map(|e| e.id().to_owned());
         assert_eq!(a, b, "token {tok:?}");
     }
     assert_eq!(
-        large.validate(&target, 2_000).map(|e| e.id.to_string()),
+        large.validate(&target, 2_000).map(|e| e.id().to_owned()),
         Ok("target".to_owned())
     );
     assert_eq!(
@@ -419,7 +410,7 @@ fn a_rotated_out_secret_works_only_until_the_overlap_ends() {
     let other = generate().unwrap();
     let idx = index_of(&[rotated("r", &new, &old, 3_000), record("other", &other)]);
     assert_eq!(idx.len(), 2);
-    let id = |r: Result<std::sync::Arc<TokenEntry>, AuthFailure>| r.map(|e| e.id.to_string());
+    let id = |r: Result<TokenRef, AuthFailure>| r.map(|e| e.id().to_owned());
     assert_eq!(id(idx.validate(&old, 2_999)), Ok("r".to_owned()));
     assert_eq!(id(idx.validate(&old, 3_000)), Err(AuthFailure::Rotated));
     assert_eq!(id(idx.validate(&old, 9_000)), Err(AuthFailure::Rotated));
@@ -431,8 +422,9 @@ fn a_rotated_out_secret_works_only_until_the_overlap_ends() {
     let idx = index_of(&[rotated("r", &new, &old, 3_000)]);
     let a = idx.validate(&old, 2_000).unwrap();
     let b = idx.validate(&new, 2_500).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&a, &b));
-    assert_eq!(a.last_used.load(Ordering::Relaxed), 2_500);
+    assert_eq!((a.id(), b.id()), ("r", "r"));
+    assert_eq!(a.last_used(), 2_500);
+    assert_eq!(idx.len(), 1);
 }
 
 #[test]
@@ -479,5 +471,158 @@ fn a_rotated_out_secret_obeys_the_entry_state() {
     // A previous secret with a bad hash makes the record unusable.
     let mut rec = rotated("r", &new, &old, 3_000);
     rec.previous.as_mut().unwrap().sha256 = "zz".into();
-    assert!(TokenEntry::from_record(&rec, &tenant_domains(), 0).is_none());
+    assert!(index_of(&[rec]).is_empty());
+}
+
+/// Compiles `recs` against `usage` as a policy would: each token starts at what the store
+/// knows of it.
+fn compiled(usage: &usage::UsageStore, recs: &[TokenRecord], now: u64) -> Arc<TokenIndex> {
+    let tenant: Arc<str> = "acme".into();
+    let domains = tenant_domains();
+    let mut b = TokenIndex::builder(crate::ratelimit::KeyHasher::default(), recs.len());
+    usage.with_starts(now, |start| {
+        for r in recs {
+            let t = start(&r.id, r.created_at.map(|t| t.unix()));
+            b.push(r, &tenant, &domains, None, t).expect("valid record");
+        }
+    });
+    Arc::new(b.finish())
+}
+
+fn last_used_of(idx: &TokenIndex, id: &str) -> u64 {
+    idx.entries().find(|e| e.id() == id).unwrap().last_used()
+}
+
+#[test]
+fn last_uses_carry_across_reloads_and_removed_tokens_are_remembered() {
+    let (ta, tb, tc) = (
+        generate().unwrap(),
+        generate().unwrap(),
+        generate().unwrap(),
+    );
+    let (a, b, c) = (record("a", &ta), record("b", &tb), record("c", &tc));
+    let usage = usage::UsageStore::in_memory();
+
+    let first = compiled(&usage, &[a.clone(), b.clone()], 9_000);
+    usage.adopt(&first);
+    assert_eq!(
+        last_used_of(&first, "a"),
+        1_000,
+        "created_at counts as the first use"
+    );
+    first.validate(&ta, 2_000).unwrap();
+    first.validate(&tb, 1_800).unwrap();
+
+    // A reload without b: a starts where the live index has it.
+    let second = compiled(&usage, &[a.clone(), c.clone()], 9_000);
+    assert_eq!(last_used_of(&second, "a"), 2_000);
+    assert_eq!(last_used_of(&second, "c"), 1_000);
+    // A use of the old index between compiling and adopting is not lost.
+    first.validate(&ta, 2_500).unwrap();
+    usage.adopt(&second);
+    assert_eq!(last_used_of(&second, "a"), 2_500);
+
+    // b comes back with the last use it had, not a fresh one.
+    let third = compiled(&usage, &[a.clone(), b.clone()], 9_000);
+    assert_eq!(last_used_of(&third, "b"), 1_800);
+    // A re-issued token (newer created_at) starts at its creation; nothing is renewed else.
+    let reissued = TokenRecord {
+        created_at: Some(at(3_000)),
+        ..a.clone()
+    };
+    let fourth = compiled(&usage, &[reissued, b], 9_000);
+    assert_eq!(last_used_of(&fourth, "a"), 3_000);
+    // An id never seen starts at its creation, or at load time without one.
+    let fresh = TokenRecord {
+        created_at: None,
+        ..record("fresh", &generate().unwrap())
+    };
+    let fifth = compiled(&usage, &[fresh], 9_000);
+    assert_eq!(last_used_of(&fifth, "fresh"), 9_000);
+}
+
+#[test]
+fn the_usage_file_is_written_when_times_change_and_read_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token-usage.json");
+    let (ta, tb) = (generate().unwrap(), generate().unwrap());
+    let recs = [record("a", &ta), record("b", &tb)];
+    let usage = usage::UsageStore::open(dir.path()).unwrap();
+    let idx = compiled(&usage, &recs, 9_000);
+    usage.adopt(&idx);
+    usage.flush().unwrap();
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap() };
+    assert_eq!(read(), serde_json::json!({"a": 1_000, "b": 1_000}));
+
+    // Nothing changed: nothing is written.
+    std::fs::remove_file(&file).unwrap();
+    usage.flush().unwrap();
+    assert!(!file.exists(), "an unchanged store was written");
+    // A refused use changes nothing either.
+    let _ = idx.validate("junk", 4_000);
+    usage.flush().unwrap();
+    assert!(!file.exists());
+
+    idx.validate(&tb, 4_000).unwrap();
+    usage.flush().unwrap();
+    assert_eq!(read(), serde_json::json!({"a": 1_000, "b": 4_000}));
+
+    // A restart starts every token at its persisted time.
+    let again = usage::UsageStore::open(dir.path()).unwrap();
+    let idx = compiled(&again, &recs, 9_000);
+    assert_eq!(last_used_of(&idx, "b"), 4_000);
+    assert_eq!(last_used_of(&idx, "a"), 1_000);
+    // An unreadable file refuses the start.
+    std::fs::write(&file, "{not json").unwrap();
+    assert!(usage::UsageStore::open(dir.path()).is_err());
+}
+
+#[test]
+fn tokens_share_their_tenant_domains_and_quota_tables() {
+    let limits = crate::ratelimit::Limits::default();
+    let spec = limits
+        .spec(
+            "token",
+            Some(crate::config::Rate {
+                per_second: 5,
+                burst: 10,
+            }),
+        )
+        .unwrap();
+    let tenant: Arc<str> = "acme".into();
+    let domains = tenant_domains();
+    let mut b = TokenIndex::builder(limits.keys.clone(), 0);
+    let secrets: Vec<String> = (0..50).map(|_| generate().unwrap()).collect();
+    for (i, s) in secrets.iter().enumerate() {
+        let rate = (i % 2 == 0).then_some(&spec);
+        b.push(&record(&format!("t{i}"), s), &tenant, &domains, rate, 1_000)
+            .unwrap();
+    }
+    let idx = Arc::new(b.finish());
+    assert_eq!(
+        (idx.tenants.len(), idx.domains.len(), idx.rates.len()),
+        (1, 1, 1)
+    );
+    assert_eq!(std::mem::size_of::<super::store::Token>(), 28);
+    // Each token keeps its own id, quota and limiter key.
+    for (i, s) in secrets.iter().enumerate() {
+        let t = idx.validate(s, 2_000).unwrap();
+        assert_eq!(t.id(), format!("t{i}"));
+        assert_eq!(t.key(), limits.keys.key("token", &format!("t{i}")));
+        match t.rate() {
+            Some(slot) => {
+                assert_eq!(i % 2, 0);
+                assert_eq!(slot.key, t.key());
+                assert_eq!(slot.rate.burst, 10);
+            }
+            None => assert_eq!(i % 2, 1),
+        }
+    }
+    // The debug form names no secret material.
+    let dbg = format!("{:?} {:?}", idx, idx.validate(&secrets[0], 2_000).unwrap());
+    assert!(
+        !dbg.contains(&hex::encode(hash(&secrets[0]))[..16]),
+        "{dbg}"
+    );
 }

@@ -3,24 +3,35 @@
 //! fsynced and renamed, so a crash leaves the old or the new file) at least every 10 s and on
 //! shutdown. A restart therefore neither revives an idle-expired token nor expires one in use,
 //! and validation never waits on disk.
+//!
+//! The live times are the token index's own (one 4-byte counter per token, bumped on use); this
+//! store keeps the times of ids no current index holds (read from the file, or of tokens a
+//! reload removed) and hands both to the next index and to the file.
 
-use std::collections::{BTreeMap, HashMap};
+use super::TokenIndex;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 const FILE: &str = "token-usage.json";
 
-/// Last-use counters by token id.
+/// Last-use times by token id, across policy snapshots and restarts.
 #[derive(Debug, Default)]
 pub struct UsageStore {
     dir: Option<PathBuf>,
-    /// Keyed by the token entry's own id (shared, not copied).
-    counters: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
-    /// What the file held at start, for ids not yet seen in a policy.
-    persisted: HashMap<String, u64>,
-    last_written: Mutex<BTreeMap<String, u64>>,
+    state: Mutex<State>,
+    /// Set when the known times changed without a use (a reload), so the next flush writes.
+    changed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The index of the policy in force, whose counters are the live times.
+    live: Option<Arc<TokenIndex>>,
+    /// Times of ids the live index does not hold.
+    others: HashMap<Box<str>, u64>,
 }
 
 impl UsageStore {
@@ -35,7 +46,7 @@ impl UsageStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("{}: cannot create the state directory: {e}", dir.display()))?;
         let path = dir.join(FILE);
-        let persisted: HashMap<String, u64> = match std::fs::read(&path) {
+        let persisted: HashMap<Box<str>, u64> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| format!("{}: unreadable: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
@@ -43,72 +54,122 @@ impl UsageStore {
         };
         Ok(UsageStore {
             dir: Some(dir.to_owned()),
-            last_written: Mutex::new(persisted.iter().map(|(k, v)| (k.clone(), *v)).collect()),
-            persisted,
-            counters: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                live: None,
+                others: persisted,
+            }),
+            changed: AtomicBool::new(false),
         })
     }
 
-    /// The counter for token `id`. A new counter starts at what was persisted (raised to
-    /// `created`, for an id re-issued since), else at `created`, else at `now`. An existing
-    /// counter is only ever raised by a newer `created`: a reload never renews idle time.
-    pub fn counter(&self, id: &Arc<str>, created: Option<u64>, now: u64) -> Arc<AtomicU64> {
-        let Ok(mut map) = self.counters.lock() else {
-            return Arc::new(AtomicU64::new(created.unwrap_or(now)));
-        };
-        let c = map.entry(id.clone()).or_insert_with(|| {
-            let start = match (self.persisted.get(&**id).copied(), created) {
-                (Some(p), c) => p.max(c.unwrap_or(0)),
+    /// Calls `f` with a function giving the start time of a token about to be compiled: what
+    /// is known of `id` (live, else persisted or remembered) raised to `created`, else
+    /// `created`, else `now`. A known time is only ever raised by a newer `created`: a reload
+    /// never renews idle time.
+    pub fn with_starts<R>(
+        &self,
+        now: u64,
+        f: impl FnOnce(&dyn Fn(&str, Option<u64>) -> u64) -> R,
+    ) -> R {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let live: HashMap<&str, u64> = state
+            .live
+            .as_deref()
+            .map(|ix| ix.entries().map(|e| (e.id(), e.last_used())).collect())
+            .unwrap_or_default();
+        let start = |id: &str, created: Option<u64>| {
+            let known = live
+                .get(id)
+                .copied()
+                .or_else(|| state.others.get(id).copied());
+            match (known, created) {
+                (Some(k), c) => k.max(c.unwrap_or(0)),
                 (None, Some(c)) => c,
                 (None, None) => now,
-            };
-            Arc::new(AtomicU64::new(start))
-        });
-        if let Some(created) = created {
-            c.fetch_max(created, Ordering::Relaxed);
+            }
+        };
+        f(&start)
+    }
+
+    /// Makes `index` (of the policy just put in force) the live one. Uses of the index it
+    /// replaces since the new one was compiled are carried over, and the times of tokens the
+    /// new one no longer holds are remembered, for the file and for a later reload that
+    /// brings them back.
+    pub fn adopt(&self, index: &Arc<TokenIndex>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let positions: HashMap<&str, u32> = index.entries().map(|e| (e.id(), e.at())).collect();
+        if let Some(old) = state.live.take() {
+            for e in old.entries() {
+                match positions.get(e.id()) {
+                    Some(&at) => index.raise_last_used(at, e.last_used()),
+                    None => {
+                        state.others.insert(e.id().into(), e.last_used());
+                    }
+                }
+            }
         }
-        c.clone()
+        for id in positions.keys() {
+            state.others.remove(*id);
+        }
+        state.others.shrink_to_fit();
+        state.live = Some(index.clone());
+        self.changed.store(true, Ordering::Relaxed);
     }
 
-    /// Last use of `id` as known now (counters first, then the file).
-    pub fn last_used(&self, id: &str) -> Option<u64> {
-        self.counters
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).map(|c| c.load(Ordering::Relaxed)))
-            .or_else(|| self.persisted.get(id).copied())
-    }
-
-    /// Writes the counters if they changed since the last write.
+    /// Writes every known time if any changed since the last write: to a temporary file,
+    /// fsynced, then renamed over the old one.
     pub fn flush(&self) -> std::io::Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        let snapshot: BTreeMap<String, u64> = match self.counters.lock() {
-            Ok(m) => m
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
-                .collect(),
+        let state = match self.state.lock() {
+            Ok(s) => s,
             Err(_) => return Ok(()),
         };
-        let Ok(mut last) = self.last_written.lock() else {
+        let used = state.live.as_deref().is_some_and(|ix| ix.take_used());
+        if !(self.changed.swap(false, Ordering::Relaxed) | used) {
             return Ok(());
+        }
+        let mut times: Vec<(&str, u64)> = state
+            .others
+            .iter()
+            .map(|(k, v)| (&**k, *v))
+            .chain(
+                state
+                    .live
+                    .as_deref()
+                    .into_iter()
+                    .flat_map(|ix| ix.entries().map(|e| (e.id(), e.last_used()))),
+            )
+            .collect();
+        times.sort_unstable();
+        let write = || -> std::io::Result<()> {
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".usage.")
+                .tempfile_in(dir)?;
+            {
+                let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+                w.write_all(b"{")?;
+                for (n, (id, t)) in times.iter().enumerate() {
+                    let sep = if n == 0 { "\n  " } else { ",\n  " };
+                    w.write_all(sep.as_bytes())?;
+                    serde_json::to_writer(&mut w, id)?;
+                    write!(w, ": {t}")?;
+                }
+                w.write_all(b"\n}\n")?;
+                w.flush()?;
+            }
+            tmp.as_file().sync_all()?;
+            tmp.persist(dir.join(FILE)).map_err(|e| e.error)?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
         };
-        let mut merged = last.clone();
-        merged.extend(snapshot);
-        if merged == *last {
-            return Ok(());
+        let result = write();
+        if result.is_err() {
+            // Try again at the next flush.
+            self.changed.store(true, Ordering::Relaxed);
         }
-        let body = serde_json::to_vec_pretty(&merged).map_err(std::io::Error::other)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".usage.")
-            .tempfile_in(dir)?;
-        tmp.write_all(&body)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(dir.join(FILE)).map_err(|e| e.error)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        *last = merged;
-        Ok(())
+        result
     }
 }
 
