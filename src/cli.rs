@@ -151,8 +151,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(a) => {
             let _log = crate::telemetry::init();
+            let bulk = crate::memory::Bulk::begin();
             let cfg = config::load(&a.config).map_err(|p| p.to_string())?;
-            runtime()?.block_on(crate::server::serve(a.config.clone(), cfg))
+            runtime()?.block_on(crate::server::serve(a.config.clone(), cfg, bulk))
         }
         Command::Check(a) => {
             let cfg = config::load(&a.config).map_err(|p| p.to_string())?;

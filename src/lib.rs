@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod flusher;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -135,6 +135,7 @@ impl Reloader {
     /// Loads, validates and swaps in the configuration on disk. Returns whether it took effect.
     /// Blocking (a large token file takes a while to read): run it off the async workers.
     pub fn reload(&self) -> bool {
+        let _bulk = crate::memory::Bulk::begin();
         let before_tokens = self.policy.load().version.clone();
         let m = &crate::metrics::METRICS;
         let started = std::time::Instant::now();
@@ -158,6 +159,7 @@ impl Reloader {
                     self.admin_event(event, Some(id));
                 }
                 warn_expiring(&cfg);
+                drop(cfg);
                 release(old);
                 true
             }
@@ -291,6 +293,7 @@ fn release(old: Arc<Policy>) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             drop(old);
+            crate::memory::release_freed();
         });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "cannot start a thread to free the old policy");

@@ -174,7 +174,12 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
 
 /// `scimgate serve`: builds everything from a validated configuration and runs until a signal,
 /// reloading on SIGHUP and on file changes.
-pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), String> {
+/// `bulk` spans the token file's parse: it ends once the parsed files are dropped.
+pub async fn serve(
+    config_path: std::path::PathBuf,
+    cfg: Config,
+    bulk: crate::memory::Bulk,
+) -> Result<(), String> {
     let base_dir = cfg.path.parent().map(|p| p.to_owned()).unwrap_or_default();
     let runtime = crate::policy::Runtime {
         usage: Arc::new(UsageStore::open(&cfg.state_dir())?),
@@ -203,6 +208,7 @@ pub async fn serve(config_path: std::path::PathBuf, cfg: Config) -> Result<(), S
     // The compiled policy is all that serving needs: the parsed files (a large token file's
     // records) are not kept.
     drop(cfg);
+    drop(bulk);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
