@@ -80,7 +80,7 @@ impl Serialize for Scope {
 }
 
 /// A token's scopes as a bit set: the check on the hot path is one AND.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ScopeSet(u8);
 
 impl ScopeSet {

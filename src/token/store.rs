@@ -3,9 +3,9 @@
 //!
 //! A gateway may hold a hundred thousand tokens, so the index is a few flat tables rather than
 //! one object per token: the digests in one array (found through a table of 4-byte positions),
-//! every id in one string, 28 bytes of grants per token, and the tenants, domain lists and rate
-//! quotas that tokens share stored once and referred to by number. About 80 bytes a token, and
-//! a handful of allocations however many tokens there are.
+//! every id in one string, 16 bytes per token, and what tokens share (tenant, domain list,
+//! quota, scopes, idle timeout) stored once per distinct combination and referred to by
+//! number. About 65 bytes a token, and a handful of allocations however many tokens there are.
 
 use crate::config::{TokenRecord, TokenStatus};
 use crate::policy::domain::{DomainPattern, DomainSet};
@@ -64,22 +64,32 @@ fn secs(t: u64) -> u32 {
     u32::try_from(t).unwrap_or(NONE - 1)
 }
 
-/// One token's grants, by number into the index's shared tables (28 bytes).
+/// One token: its id in the arena, its state, its expiry and its grants by number (16 bytes).
 #[derive(Debug)]
 pub(super) struct Token {
     id_start: u32,
     id_len: u8,
-    scopes: ScopeSet,
     status: TokenStatus,
-    tenant: u32,
-    domains: u32,
-    /// `NONE`: no rate limit.
-    rate: u32,
+    /// Index into `TokenIndex::grants`.
+    grants: u32,
     /// Unix seconds; `NONE` never expires.
     expires_at: u32,
+}
+
+/// What a token may do, shared by every token granted the same: a file of many tokens has
+/// few distinct combinations.
+#[derive(Debug)]
+pub(super) struct Grants {
+    tenant: Arc<str>,
+    domains: DomainSet,
+    rate: Option<RateSpec>,
+    scopes: ScopeSet,
     /// Seconds of disuse after which the token stops working; `NONE` never.
     idle_timeout: u32,
 }
+
+/// Identifies a [`Grants`] while building: the shared values by identity, the rest by value.
+type GrantsKey = (usize, usize, Option<(usize, u32, u32)>, ScopeSet, u32);
 
 /// Every token of a policy. A rotated token has two live secrets, both found here.
 pub struct TokenIndex {
@@ -93,9 +103,7 @@ pub struct TokenIndex {
     tokens: Vec<Token>,
     /// Every token id, end to end.
     ids: String,
-    pub(super) tenants: Vec<Arc<str>>,
-    pub(super) domains: Vec<DomainSet>,
-    pub(super) rates: Vec<RateSpec>,
+    pub(super) grants: Vec<Grants>,
     /// Unix seconds of each token's last accepted use (or of issue/load when never used).
     last_used: Box<[AtomicU32]>,
     /// Set when a last use moved, so the usage store writes only what changed.
@@ -135,9 +143,8 @@ pub struct Builder {
     last_used: Vec<AtomicU32>,
     /// Rotated-out secrets' digests, numbered after every current secret at the end.
     previous_digests: Vec<[u8; 32]>,
-    /// Shared tables' positions, by the identity of the shared value.
-    tenant_at: HashMap<usize, u32>,
-    domains_at: HashMap<usize, u32>,
+    /// Positions in `grants`.
+    grants_at: HashMap<GrantsKey, u32>,
 }
 
 impl Builder {
@@ -161,41 +168,35 @@ impl Builder {
         let ix = &mut self.index;
         let at = u32::try_from(ix.tokens.len()).ok()?;
         let id_start = u32::try_from(ix.ids.len()).ok()?;
-        let tenant_no = *self
-            .tenant_at
-            .entry(Arc::as_ptr(tenant) as *const () as usize)
-            .or_insert_with(|| {
-                ix.tenants.push(tenant.clone());
-                (ix.tenants.len() - 1) as u32
+        let scopes: ScopeSet = rec.scopes.iter().copied().collect();
+        let idle_timeout = rec.idle_timeout.map_or(NONE, |d| secs(d.0.as_secs()));
+        let key: GrantsKey = (
+            Arc::as_ptr(tenant) as *const () as usize,
+            domains.identity(),
+            rate.map(|r| {
+                let limiter = Arc::as_ptr(&r.limiter) as *const () as usize;
+                (limiter, r.rate.per_second, r.rate.burst)
+            }),
+            scopes,
+            idle_timeout,
+        );
+        let grants = *self.grants_at.entry(key).or_insert_with(|| {
+            ix.grants.push(Grants {
+                tenant: tenant.clone(),
+                domains: domains.clone(),
+                rate: rate.cloned(),
+                scopes,
+                idle_timeout,
             });
-        let domains_no = *self
-            .domains_at
-            .entry(domains.identity())
-            .or_insert_with(|| {
-                ix.domains.push(domains.clone());
-                (ix.domains.len() - 1) as u32
-            });
-        let rate_no = match rate {
-            None => NONE,
-            Some(r) => match ix.rates.iter().position(|s| s.same(r)) {
-                Some(n) => n as u32,
-                None => {
-                    ix.rates.push(r.clone());
-                    (ix.rates.len() - 1) as u32
-                }
-            },
-        };
+            (ix.grants.len() - 1) as u32
+        });
         ix.ids.push_str(&rec.id);
         ix.tokens.push(Token {
             id_start,
             id_len,
-            scopes: rec.scopes.iter().copied().collect(),
             status: rec.status,
-            tenant: tenant_no,
-            domains: domains_no,
-            rate: rate_no,
+            grants,
             expires_at: rec.expires_at.map_or(NONE, |t| secs(t.unix())),
-            idle_timeout: rec.idle_timeout.map_or(NONE, |d| secs(d.0.as_secs())),
         });
         ix.digests.push(digest);
         self.last_used.push(AtomicU32::new(secs(last_used)));
@@ -244,17 +245,14 @@ impl TokenIndex {
                 previous: Vec::new(),
                 tokens: Vec::with_capacity(capacity),
                 ids: String::new(),
-                tenants: Vec::new(),
-                domains: Vec::new(),
-                rates: Vec::new(),
+                grants: Vec::new(),
                 last_used: Box::new([]),
                 used: AtomicBool::new(false),
                 keys,
             },
             last_used: Vec::with_capacity(capacity),
             previous_digests: Vec::new(),
-            tenant_at: HashMap::new(),
-            domains_at: HashMap::new(),
+            grants_at: HashMap::new(),
         }
     }
 
@@ -346,7 +344,8 @@ impl TokenIndex {
         }
         let last_used = &self.last_used[at as usize];
         let last = last_used.load(Ordering::Relaxed);
-        if t.idle_timeout != NONE && now.saturating_sub(last) > t.idle_timeout {
+        let idle_timeout = self.grants[t.grants as usize].idle_timeout;
+        if idle_timeout != NONE && now.saturating_sub(last) > idle_timeout {
             return Err(AuthFailure::IdleExpired);
         }
         if last < now {
@@ -369,9 +368,12 @@ impl TokenIndex {
         self.ids.get(start..start + t.id_len as usize).unwrap_or("")
     }
 
+    fn grants(&self, at: u32) -> &Grants {
+        &self.grants[self.tokens[at as usize].grants as usize]
+    }
+
     fn rate(&self, at: u32) -> Option<RateSlot> {
-        let t = &self.tokens[at as usize];
-        let spec = self.rates.get(t.rate as usize)?;
+        let spec = self.grants(at).rate.as_ref()?;
         Some(spec.slot(self.key(at)))
     }
 
@@ -408,15 +410,15 @@ impl TokenRef {
     }
 
     pub fn tenant(&self) -> &Arc<str> {
-        &self.index.tenants[self.index.tokens[self.at as usize].tenant as usize]
+        &self.index.grants(self.at).tenant
     }
 
     pub fn scopes(&self) -> ScopeSet {
-        self.index.tokens[self.at as usize].scopes
+        self.index.grants(self.at).scopes
     }
 
     pub fn domains(&self) -> &DomainSet {
-        &self.index.domains[self.index.tokens[self.at as usize].domains as usize]
+        &self.index.grants(self.at).domains
     }
 
     /// The token's key in the rate limiters and the concurrency bound (a keyed hash of its id).
@@ -467,7 +469,7 @@ impl<'a> Entry<'a> {
     }
 
     pub fn tenant(&self) -> &'a Arc<str> {
-        &self.index.tenants[self.token().tenant as usize]
+        &self.index.grants(self.at).tenant
     }
 
     pub fn status(&self) -> TokenStatus {
@@ -475,11 +477,11 @@ impl<'a> Entry<'a> {
     }
 
     pub fn scopes(&self) -> ScopeSet {
-        self.token().scopes
+        self.index.grants(self.at).scopes
     }
 
     pub fn domains(&self) -> &'a DomainSet {
-        &self.index.domains[self.token().domains as usize]
+        &self.index.grants(self.at).domains
     }
 
     /// Unix seconds; `None` never expires.
@@ -490,7 +492,7 @@ impl<'a> Entry<'a> {
 
     /// Seconds; `None` has no idle expiry.
     pub fn idle_timeout(&self) -> Option<u64> {
-        let t = self.token().idle_timeout;
+        let t = self.index.grants(self.at).idle_timeout;
         (t != NONE).then_some(t as u64)
     }
 

@@ -579,7 +579,7 @@ fn the_usage_file_is_written_when_times_change_and_read_back_at_start() {
 }
 
 #[test]
-fn tokens_share_their_tenant_domains_and_quota_tables() {
+fn tokens_share_their_grants() {
     let limits = crate::ratelimit::Limits::default();
     let spec = limits
         .spec(
@@ -600,11 +600,9 @@ fn tokens_share_their_tenant_domains_and_quota_tables() {
             .unwrap();
     }
     let idx = Arc::new(b.finish());
-    assert_eq!(
-        (idx.tenants.len(), idx.domains.len(), idx.rates.len()),
-        (1, 1, 1)
-    );
-    assert_eq!(std::mem::size_of::<super::store::Token>(), 28);
+    // Two combinations: with the quota and without.
+    assert_eq!(idx.grants.len(), 2);
+    assert_eq!(std::mem::size_of::<super::store::Token>(), 16);
     // Each token keeps its own id, quota and limiter key.
     for (i, s) in secrets.iter().enumerate() {
         let t = idx.validate(s, 2_000).unwrap();
