@@ -198,8 +198,10 @@ impl Reloader {
         }
         self.tls.store(tls);
         let tokens = policy.tokens.clone();
+        // Uses made while compiling count from the new policy's first request; those between
+        // this and the swap are carried over by `adopt` after it.
+        self.runtime.usage.carry(&tokens);
         let old = self.policy.swap(Arc::new(policy));
-        // After the swap: uses of the old index until now are carried into the new one.
         self.runtime.usage.adopt(&tokens);
         Ok((cfg, old))
     }
@@ -324,15 +326,19 @@ pub async fn flush_usage(usage: Arc<UsageStore>, shutdown: impl std::future::Fut
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                if let Err(e) = usage.flush() {
-                    tracing::warn!(error = %e, "cannot write token usage");
-                }
-            }
+            _ = tick.tick() => flush_off_workers(&usage).await,
         }
     }
-    if let Err(e) = usage.flush() {
-        tracing::warn!(error = %e, "cannot write token usage");
+    flush_off_workers(&usage).await;
+}
+
+async fn flush_off_workers(usage: &Arc<UsageStore>) {
+    let usage = usage.clone();
+    let result = tokio::task::spawn_blocking(move || usage.flush()).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write token usage"),
+        Err(e) => tracing::warn!(error = %e, "the token usage writer failed"),
     }
 }
 

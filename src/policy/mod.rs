@@ -135,7 +135,9 @@ impl Policy {
                         .clone()
                 });
                 let last_used = start(&rec.id, rec.created_at.map(|t| t.unix()));
-                let _ = builder.push(rec, &tenant.id, domains, rate.as_ref(), last_used);
+                // Validation refused malformed digests and long ids: nothing is dropped here.
+                let pushed = builder.push(rec, &tenant.id, domains, rate.as_ref(), last_used);
+                debug_assert!(pushed.is_some(), "token {} was not indexed", rec.id);
             }
         });
         let tokens = Arc::new(builder.finish());

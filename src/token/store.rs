@@ -61,7 +61,7 @@ const NONE: u32 = u32::MAX;
 /// Unix seconds or a duration in seconds as 32 bits. Anything past February 2106 becomes the
 /// last representable second: an expiry can only move earlier, never disappear.
 fn secs(t: u64) -> u32 {
-    u32::try_from(t).unwrap_or(NONE - 1)
+    t.min(u64::from(NONE - 1)) as u32
 }
 
 /// One token: its id in the arena, its state, its expiry and its grants by number (16 bytes).
@@ -349,17 +349,17 @@ impl TokenIndex {
             return Err(AuthFailure::IdleExpired);
         }
         if last < now {
-            last_used.store(now, Ordering::Relaxed);
-            if !self.used.load(Ordering::Relaxed) {
-                self.used.store(true, Ordering::Relaxed);
-            }
+            // fetch_max: two requests in different seconds never move it backwards. The
+            // release store pairs with `take_used`: a flush that clears the mark sees this time.
+            last_used.fetch_max(now, Ordering::Relaxed);
+            self.used.store(true, Ordering::Release);
         }
         Ok(())
     }
 
     /// Whether a use moved any last-use time since the last call (which clears the mark).
     pub fn take_used(&self) -> bool {
-        self.used.swap(false, Ordering::Relaxed)
+        self.used.swap(false, Ordering::AcqRel)
     }
 
     fn id(&self, at: u32) -> &str {

@@ -624,3 +624,52 @@ fn tokens_share_their_grants() {
         "{dbg}"
     );
 }
+
+#[test]
+fn times_past_2106_clamp_to_an_expiry_never_to_no_expiry() {
+    let tok = generate().unwrap();
+    let old = generate().unwrap();
+    for exp in [u64::from(u32::MAX), 1 << 33] {
+        let rec = TokenRecord {
+            expires_at: Some(at(exp)),
+            ..rotated("far", &tok, &old, exp)
+        };
+        let idx = index_of(&[rec]);
+        assert_eq!(
+            idx.entries().next().unwrap().expires_at(),
+            Some(u64::from(u32::MAX - 1))
+        );
+        assert!(idx.validate(&tok, 2_000).is_ok());
+        for now in [u64::from(u32::MAX), 1 << 34] {
+            assert_eq!(
+                idx.validate(&tok, now).map(|_| ()),
+                Err(AuthFailure::Expired)
+            );
+            assert_eq!(
+                idx.validate(&old, now).map(|_| ()),
+                Err(AuthFailure::Rotated)
+            );
+        }
+    }
+}
+
+#[test]
+fn uses_made_while_a_reload_compiles_count_before_the_new_policy_serves() {
+    let tok = generate().unwrap();
+    let rec = TokenRecord {
+        idle_timeout: Some(HumanDuration(Duration::from_secs(60))),
+        ..record("idle", &tok)
+    };
+    let usage = usage::UsageStore::in_memory();
+    let old = compiled(&usage, std::slice::from_ref(&rec), 9_000);
+    usage.adopt(&old);
+    old.validate(&tok, 1_050).unwrap();
+    // The reload compiles (it sees t=1050), then the token is used on the old policy.
+    let new = compiled(&usage, std::slice::from_ref(&rec), 9_000);
+    old.validate(&tok, 1_100).unwrap();
+    // Carried before the swap: the new policy's first request at t=1120 is within 60 s.
+    usage.carry(&new);
+    assert_eq!(new.validate(&tok, 1_120).map(|_| ()), Ok(()));
+    usage.adopt(&new);
+    assert_eq!(last_used_of(&new, "idle"), 1_120);
+}

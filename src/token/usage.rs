@@ -62,6 +62,13 @@ impl UsageStore {
         })
     }
 
+    /// The live index and the other known times, copied out so no lock is held while they
+    /// are used.
+    fn snapshot(&self) -> (Option<Arc<TokenIndex>>, HashMap<Box<str>, u64>) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (state.live.clone(), state.others.clone())
+    }
+
     /// Calls `f` with a function giving the start time of a token about to be compiled: what
     /// is known of `id` (live, else persisted or remembered) raised to `created`, else
     /// `created`, else `now`. A known time is only ever raised by a newer `created`: a reload
@@ -71,17 +78,13 @@ impl UsageStore {
         now: u64,
         f: impl FnOnce(&dyn Fn(&str, Option<u64>) -> u64) -> R,
     ) -> R {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let live: HashMap<&str, u64> = state
-            .live
+        let (live_index, others) = self.snapshot();
+        let live: HashMap<&str, u64> = live_index
             .as_deref()
             .map(|ix| ix.entries().map(|e| (e.id(), e.last_used())).collect())
             .unwrap_or_default();
         let start = |id: &str, created: Option<u64>| {
-            let known = live
-                .get(id)
-                .copied()
-                .or_else(|| state.others.get(id).copied());
+            let known = live.get(id).copied().or_else(|| others.get(id).copied());
             match (known, created) {
                 (Some(k), c) => k.max(c.unwrap_or(0)),
                 (None, Some(c)) => c,
@@ -91,10 +94,24 @@ impl UsageStore {
         f(&start)
     }
 
+    /// Raises `index`'s times to the live index's: called just before `index` is put in
+    /// force, so uses made while it was compiled count from its first request on.
+    pub fn carry(&self, index: &TokenIndex) {
+        let (Some(live), _) = self.snapshot() else {
+            return;
+        };
+        let positions: HashMap<&str, u32> = index.entries().map(|e| (e.id(), e.at())).collect();
+        for e in live.entries() {
+            if let Some(&at) = positions.get(e.id()) {
+                index.raise_last_used(at, e.last_used());
+            }
+        }
+    }
+
     /// Makes `index` (of the policy just put in force) the live one. Uses of the index it
-    /// replaces since the new one was compiled are carried over, and the times of tokens the
-    /// new one no longer holds are remembered, for the file and for a later reload that
-    /// brings them back.
+    /// replaces since [`UsageStore::carry`] are carried over, and the times of tokens the new
+    /// one no longer holds are remembered, for the file and for a later reload that brings
+    /// them back (their idle time is never renewed).
     pub fn adopt(&self, index: &Arc<TokenIndex>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let positions: HashMap<&str, u32> = index.entries().map(|e| (e.id(), e.at())).collect();
@@ -117,25 +134,19 @@ impl UsageStore {
     }
 
     /// Writes every known time if any changed since the last write: to a temporary file,
-    /// fsynced, then renamed over the old one.
+    /// fsynced, then renamed over the old one. Blocking (disk): run it off the async workers.
     pub fn flush(&self) -> std::io::Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        let state = match self.state.lock() {
-            Ok(s) => s,
-            Err(_) => return Ok(()),
-        };
-        let used = state.live.as_deref().is_some_and(|ix| ix.take_used());
+        let (live, others) = self.snapshot();
+        let used = live.as_deref().is_some_and(|ix| ix.take_used());
         if !(self.changed.swap(false, Ordering::Relaxed) | used) {
             return Ok(());
         }
-        let mut times: Vec<(&str, u64)> = state
-            .others
+        let mut times: Vec<(&str, u64)> = others
             .iter()
             .map(|(k, v)| (&**k, *v))
             .chain(
-                state
-                    .live
-                    .as_deref()
+                live.as_deref()
                     .into_iter()
                     .flat_map(|ix| ix.entries().map(|e| (e.id(), e.last_used()))),
             )
