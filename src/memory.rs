@@ -75,3 +75,24 @@ pub fn purge_delay_ms() -> i64 {
     // SAFETY: reads an integer option.
     unsafe { mi_option_get(PURGE_DELAY) as i64 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purging_is_deferred_while_any_bulk_guard_lives_and_immediate_after() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return; // the operator's setting wins; nothing of ours to check
+        }
+        purge_at_once();
+        assert_eq!(purge_delay_ms(), 0);
+        let outer = Bulk::begin();
+        assert_eq!(purge_delay_ms(), 10);
+        let inner = Bulk::begin();
+        drop(outer);
+        assert_eq!(purge_delay_ms(), 10, "another holder still parses");
+        drop(inner);
+        assert_eq!(purge_delay_ms(), 0);
+    }
+}
