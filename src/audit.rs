@@ -26,17 +26,17 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub struct Record {
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<HeaderText>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_addr: Option<String>,
+    pub client_addr: Option<std::net::IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_cert_subject: Option<String>,
+    pub client_cert_subject: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<crate::token::TokenRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<std::borrow::Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +70,17 @@ pub struct Record {
     pub event: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// A header value written as text (request ids: validated or generated, always visible ASCII).
+/// Shares the header's bytes instead of copying them on the request path.
+#[derive(Debug, Clone)]
+pub struct HeaderText(pub http::HeaderValue);
+
+impl Serialize for HeaderText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(self.0.as_bytes()))
+    }
 }
 
 #[derive(Serialize)]

@@ -94,12 +94,11 @@ pub async fn run_gateway(
                 }
             };
             let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-            let conn_info = ClientConn {
+            let conn_info = ClientConn::new(
                 remote,
                 local,
-                client_cert: peer.is_some(),
-                client_cert_subject: peer.and_then(|c| crate::tls::subject(c)).map(Into::into),
-            };
+                peer.map(|c| crate::tls::subject(c).map(Into::into)),
+            );
             crate::metrics::METRICS.open_connections.inc();
             let _open = scopeguard(|| {
                 crate::metrics::METRICS.open_connections.dec();

@@ -144,6 +144,15 @@ fn redacted(p: &str) -> &str {
     }
 }
 
+/// [`redacted`], keeping the string when it is clean.
+fn redacted_owned(p: String) -> String {
+    if p.contains(crate::token::PREFIX) {
+        "[redacted]".to_owned()
+    } else {
+        p
+    }
+}
+
 /// What the outermost layer saw of the request and its response.
 struct Facts<'a> {
     method: &'a Method,
@@ -155,36 +164,33 @@ struct Facts<'a> {
     elapsed: Duration,
 }
 
+/// The audit record, taking what the access line no longer needs from the access record.
 fn audit_record(
     handle: &RecordHandle,
     f: &Facts<'_>,
 ) -> Option<(crate::audit::Audit, crate::audit::Record)> {
-    let r = handle.0.lock().ok()?;
+    let mut r = handle.0.lock().ok()?;
     let audit = r.audit.clone()?;
+    let decision = decision_of(&r);
+    let path = r.path.take().map(redacted_owned);
+    let target_id = r.target_id.take().map(redacted_owned);
     let record = crate::audit::Record {
         kind: "request",
-        request_id: r
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        client_addr: f.conn.map(|c| c.remote.ip().to_string()),
-        client_cert_subject: f
-            .conn
-            .and_then(|c| c.client_cert_subject.as_deref())
-            .map(str::to_owned),
+        request_id: r.request_id.clone().map(crate::audit::HeaderText),
+        client_addr: f.conn.map(|c| c.remote.ip()),
+        client_cert_subject: f.conn.and_then(|c| c.client_cert_subject.clone()),
         token_id: r.token_id.clone(),
         tenant: r.tenant.clone(),
-        method: Some(f.method.as_str().to_owned()),
-        path: r.path.as_deref().map(redacted).map(str::to_owned),
+        method: Some(method_text(f.method)),
+        path,
         query: f
             .query
             .map(|q| crate::audit::audited_query(q, audit.query_values))
             .map(|q| redacted(&q).to_owned()),
         resource_type: r.resource_type,
         operation: r.operation,
-        target_id: r.target_id.as_deref().map(redacted).map(str::to_owned),
-        decision: Some(decision_of(&r)),
+        target_id,
+        decision: Some(decision),
         reason: r.reason,
         status: Some(f.status),
         upstream_status: r.upstream_status,
@@ -192,11 +198,29 @@ fn audit_record(
         bytes_out: f.bytes_out,
         duration_us: Some(f.elapsed.as_micros() as u64),
         policy_version: r.policy_version.clone(),
-        normalizations: r.normalizations.clone(),
+        normalizations: std::mem::take(&mut r.normalizations),
         event: None,
         detail: None,
     };
     Some((audit, record))
+}
+
+/// The method's name, without a copy for the standard ones.
+fn method_text(m: &Method) -> std::borrow::Cow<'static, str> {
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    const NAMES: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    match known.iter().position(|k| k == m) {
+        Some(i) => NAMES[i].into(),
+        None => m.as_str().to_owned().into(),
+    }
 }
 
 fn emit(
@@ -211,7 +235,7 @@ fn emit(
     let m = &crate::metrics::METRICS;
     m.requests
         .get_or_create(&crate::metrics::RequestLabels {
-            tenant: r.tenant.as_deref().unwrap_or("-").to_owned(),
+            tenant: crate::metrics::TenantLabel(r.tenant.clone().unwrap_or_else(|| "-".into())),
             decision,
             status,
         })

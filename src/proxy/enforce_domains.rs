@@ -803,7 +803,13 @@ fn parse_json(bytes: &[u8], what: &'static str) -> Result<Value, GatewayError> {
     serde_json::from_slice(bytes).map_err(|_| GatewayError::UpstreamInvalid(what))
 }
 
+/// Makes `query` the query the backend gets (the forwarded path is written from the routed
+/// operation, not from this URI).
 fn set_query(req: &mut Request<Bytes>, query: &str) -> Result<(), GatewayError> {
+    let current = req.uri().query();
+    if (current == Some(query) && !query.is_empty()) || (current.is_none() && query.is_empty()) {
+        return Ok(());
+    }
     let uri = if query.is_empty() {
         "/".to_owned()
     } else {

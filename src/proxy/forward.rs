@@ -95,10 +95,8 @@ pub fn upstream_headers(
     if let Some(c) = credential {
         headers.insert(header::AUTHORIZATION, c.clone());
     }
-    if let Some(conn) = conn {
-        if let Ok(v) = HeaderValue::from_str(&conn.remote.ip().to_string()) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+    if let Some(v) = conn.and_then(|c| c.forwarded_for.clone()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -139,7 +137,8 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
         target.push('?');
         target.push_str(q);
     }
-    let uri: Uri = target.parse().map_err(|_| {
+    // From the string itself: parsing a `&str` would copy it.
+    let uri = Uri::try_from(target).map_err(|_| {
         GatewayError::bad_request("bad_path", "the request path cannot be forwarded")
     })?;
     upstream_headers(

@@ -63,6 +63,24 @@ pub struct ClientConn {
     pub client_cert: bool,
     /// The verified client certificate's subject, for the audit trail.
     pub client_cert_subject: Option<Arc<str>>,
+    /// `X-Forwarded-For` for the backend: the remote address, written once per connection.
+    pub forwarded_for: Option<http::HeaderValue>,
+}
+
+impl ClientConn {
+    pub fn new(
+        remote: SocketAddr,
+        local: SocketAddr,
+        client_cert_subject: Option<Option<Arc<str>>>,
+    ) -> Self {
+        ClientConn {
+            remote,
+            local,
+            client_cert: client_cert_subject.is_some(),
+            client_cert_subject: client_cert_subject.flatten(),
+            forwarded_for: http::HeaderValue::try_from(remote.ip().to_string()).ok(),
+        }
+    }
 }
 
 /// The policy snapshot this request is judged by.

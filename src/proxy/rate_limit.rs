@@ -107,12 +107,13 @@ where
             drop(permits);
             if let Some((slot, remaining)) = status {
                 let h = resp.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&slot.policy_header()) {
+                // The strings become the values without a copy.
+                if let Ok(v) = HeaderValue::try_from(slot.policy_header()) {
                     h.insert(RATELIMIT_POLICY.clone(), v);
                 }
-                if let Ok(v) = HeaderValue::from_str(
-                    &slot.status_header(remaining, slot.reset_secs(remaining)),
-                ) {
+                if let Ok(v) =
+                    HeaderValue::try_from(slot.status_header(remaining, slot.reset_secs(remaining)))
+                {
                     h.insert(RATELIMIT.clone(), v);
                 }
             }

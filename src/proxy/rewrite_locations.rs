@@ -42,15 +42,20 @@ pub fn public_base<B>(req: &Request<B>, prefix: &str) -> String {
             h.parse::<http::uri::Authority>()
                 .is_ok_and(|a| a.as_str() == *h && !h.contains('@'))
         });
-    let host = match host {
-        Some(h) => h.to_owned(),
-        None => req
-            .extensions()
-            .get::<ClientConn>()
-            .map(|c| c.local.to_string())
-            .unwrap_or_else(|| "localhost".to_owned()),
-    };
-    format!("https://{host}{prefix}")
+    let mut out = String::with_capacity(8 + host.map_or(24, str::len) + prefix.len());
+    out.push_str("https://");
+    match host {
+        Some(h) => out.push_str(h),
+        None => match req.extensions().get::<ClientConn>() {
+            Some(c) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{}", c.local);
+            }
+            None => out.push_str("localhost"),
+        },
+    }
+    out.push_str(prefix);
+    out
 }
 
 impl<S> Service<Request<Bytes>> for RewriteLocations<S>

@@ -1761,12 +1761,11 @@ fn upstream_headers_keep_only_what_the_backend_may_see() {
         );
     }
     h.append("x-custom", HeaderValue::from_static("kept twice"));
-    let conn = ClientConn {
-        remote: "192.0.2.7:5000".parse().unwrap(),
-        local: "127.0.0.1:8443".parse().unwrap(),
-        client_cert: false,
-        client_cert_subject: None,
-    };
+    let conn = ClientConn::new(
+        "192.0.2.7:5000".parse().unwrap(),
+        "127.0.0.1:8443".parse().unwrap(),
+        None,
+    );
     let credential = HeaderValue::from_static(CREDENTIAL);
     forward::upstream_headers(&mut h, Some(&conn), Some(&credential));
     let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();

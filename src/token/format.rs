@@ -29,17 +29,18 @@ pub fn generate() -> Result<String, getrandom::Error> {
         }
     }
     let check = crc32fast::hash(out.as_bytes());
-    out.push_str(&base62_fixed(check));
+    out.extend(base62_fixed(check).map(char::from));
     Ok(out)
 }
 
-fn base62_fixed(mut v: u32) -> String {
+/// The checksum's fixed-width base62 digits, on the stack: checked on every request.
+fn base62_fixed(mut v: u32) -> [u8; CHECK_LEN] {
     let mut digits = [b'0'; CHECK_LEN];
     for d in digits.iter_mut().rev() {
         *d = BASE62[(v % 62) as usize];
         v /= 62;
     }
-    String::from_utf8_lossy(&digits).into_owned()
+    digits
 }
 
 /// Whether `s` has the shape of a scimgate token and its checksum is right.
@@ -54,7 +55,7 @@ pub fn looks_like_token(s: &str) -> bool {
     {
         return false;
     }
-    base62_fixed(crc32fast::hash(head.as_bytes())).as_bytes() == check.as_bytes()
+    base62_fixed(crc32fast::hash(head.as_bytes())) == check.as_bytes()
 }
 
 /// SHA-256 of the whole token: what the token file stores and the index is keyed by.
