@@ -199,6 +199,14 @@ pub struct Limits {
     /// Subject ids to limiter keys; the same for the life of the process.
     pub keys: KeyHasher,
     auth_failures: Mutex<(AuthFailuresSection, Cache<IpAddr, Arc<AtomicU32>>)>,
+    /// When the last failed authentication was counted, in milliseconds after `started` (0:
+    /// none since the counters were last reset). Counters expire a window after they start,
+    /// so when this is older than a window nobody can be blocked: the common case answers
+    /// without the lock and the cache.
+    last_failure_ms: AtomicU64,
+    /// The window of the counters in `auth_failures`, in milliseconds.
+    failure_window_ms: AtomicU64,
+    started: std::time::Instant,
     /// By token key.
     concurrency: Mutex<HashMap<u64, Arc<Semaphore>>>,
     in_flight: Mutex<(u32, Arc<Semaphore>)>,
@@ -218,6 +226,9 @@ impl Default for Limits {
             limiters: Mutex::new(HashMap::new()),
             keys: KeyHasher::default(),
             auth_failures: Mutex::new((d.auth_failures, failure_cache(d.auth_failures))),
+            last_failure_ms: AtomicU64::new(0),
+            failure_window_ms: AtomicU64::new(window_ms(d.auth_failures)),
+            started: std::time::Instant::now(),
             concurrency: Mutex::new(HashMap::new()),
             in_flight: Mutex::new((
                 d.max_in_flight,
@@ -226,6 +237,10 @@ impl Default for Limits {
             checks: AtomicU64::new(0),
         }
     }
+}
+
+fn window_ms(cfg: AuthFailuresSection) -> u64 {
+    u64::try_from(cfg.window.0.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn failure_cache(cfg: AuthFailuresSection) -> Cache<IpAddr, Arc<AtomicU32>> {
@@ -289,6 +304,9 @@ impl Limits {
         if let Ok(mut af) = self.auth_failures.lock() {
             if af.0.max != cfg.auth_failures.max || af.0.window != cfg.auth_failures.window {
                 *af = (cfg.auth_failures, failure_cache(cfg.auth_failures));
+                self.failure_window_ms
+                    .store(window_ms(cfg.auth_failures), Ordering::Relaxed);
+                self.last_failure_ms.store(0, Ordering::Relaxed);
             }
         }
         if let Ok(mut f) = self.in_flight.lock() {
@@ -303,11 +321,20 @@ impl Limits {
 
     /// Whether `ip` has used up its failed authentications.
     pub fn auth_blocked(&self, ip: IpAddr) -> bool {
+        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        let window = self.failure_window_ms.load(Ordering::Relaxed);
+        if last == 0 || self.now_ms() > last.saturating_add(window) {
+            return false;
+        }
         let Ok(af) = self.auth_failures.lock() else {
             return false;
         };
         af.1.get(&client_key(ip))
             .is_some_and(|c| c.load(Ordering::Relaxed) >= af.0.max)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Records a failed authentication from `ip`; true when this one crossed the limit.
@@ -317,6 +344,8 @@ impl Limits {
         };
         let c =
             af.1.get_with(client_key(ip), || Arc::new(AtomicU32::new(0)));
+        self.last_failure_ms
+            .store(self.now_ms().max(1), Ordering::Relaxed);
         c.fetch_add(1, Ordering::Relaxed) + 1 == af.0.max
     }
 

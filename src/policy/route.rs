@@ -2,6 +2,7 @@
 //! to the tenant and the one operation it names. Pure functions, no I/O.
 
 use http::Method;
+use std::borrow::Cow;
 
 /// Why a path cannot be routed. Each maps to one SCIM status in `scim::error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,44 +26,15 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
     if !raw.starts_with('/') {
         return Err(RouteError::BadPath("it must start with '/'"));
     }
-    let bytes = raw.as_bytes();
-    let mut decoded = String::with_capacity(raw.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .ok_or(RouteError::BadPath("truncated percent-encoding"))?;
-                let v = hex_pair(hex).ok_or(RouteError::BadPath("invalid percent-encoding"))?;
-                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                    decoded.push(v as char);
-                } else if matches!(v, b'/' | b'\\' | b';') || v < 0x20 || v == 0x7f {
-                    return Err(RouteError::BadPath(
-                        "encoded '/', '\\', ';' or control character",
-                    ));
-                } else {
-                    decoded.push('%');
-                    decoded.push(HEX[(v >> 4) as usize] as char);
-                    decoded.push(HEX[(v & 0xf) as usize] as char);
-                }
-                i += 3;
-            }
-            b'\\' | b';' => return Err(RouteError::BadPath("'\\' or ';' in path")),
-            b if b < 0x21 || b == 0x7f => {
-                return Err(RouteError::BadPath("control character or space in path"))
-            }
-            b if b >= 0x80 => {
-                return Err(RouteError::BadPath(
-                    "non-ASCII byte in path; percent-encode it",
-                ))
-            }
-            _ => {
-                decoded.push(b as char);
-                i += 1;
-            }
-        }
+    let decoded = decode_path(raw)?;
+    // Most paths are already normal: one copy, no segment list.
+    let normal = &*decoded == "/"
+        || (!decoded.ends_with('/')
+            && decoded[1..]
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".."));
+    if normal {
+        return Ok(decoded.into_owned());
     }
     let mut out: Vec<&str> = Vec::with_capacity(8);
     for seg in decoded.split('/') {
@@ -83,6 +55,58 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// Checks every byte and decodes the percent-escapes of unreserved characters (upper-casing the
+/// others); borrowed when there is no escape.
+fn decode_path(raw: &str) -> Result<Cow<'_, str>, RouteError> {
+    let bytes = raw.as_bytes();
+    let mut decoded: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or(RouteError::BadPath("truncated percent-encoding"))?;
+                let v = hex_pair(hex).ok_or(RouteError::BadPath("invalid percent-encoding"))?;
+                let d = decoded.get_or_insert_with(|| {
+                    let mut d = String::with_capacity(raw.len());
+                    d.push_str(&raw[..i]);
+                    d
+                });
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    d.push(v as char);
+                } else if matches!(v, b'/' | b'\\' | b';') || v < 0x20 || v == 0x7f {
+                    return Err(RouteError::BadPath(
+                        "encoded '/', '\\', ';' or control character",
+                    ));
+                } else {
+                    d.push('%');
+                    d.push(HEX[(v >> 4) as usize] as char);
+                    d.push(HEX[(v & 0xf) as usize] as char);
+                }
+                i += 3;
+            }
+            b'\\' | b';' => return Err(RouteError::BadPath("'\\' or ';' in path")),
+            b if b < 0x21 || b == 0x7f => {
+                return Err(RouteError::BadPath("control character or space in path"))
+            }
+            b if b >= 0x80 => {
+                return Err(RouteError::BadPath(
+                    "non-ASCII byte in path; percent-encode it",
+                ))
+            }
+            _ => {
+                if let Some(d) = decoded.as_mut() {
+                    d.push(b as char);
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(decoded.map_or(Cow::Borrowed(raw), Cow::Owned))
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
