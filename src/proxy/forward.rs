@@ -161,36 +161,33 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
             .get_or_create(&crate::metrics::ReasonLabels { reason })
             .inc();
     };
-    let resp = match timeout_at(deadline, up.client.request(out)).await {
+    // One deadline, one timer, for the answer and its body.
+    let exchange = async {
+        let resp = up.client.request(out).await.map_err(|e| {
+            failed("unavailable");
+            GatewayError::UpstreamUnavailable(error_chain(&e))
+        })?;
+        let (rparts, rbody) = resp.into_parts();
+        if let Some(r) = &record {
+            r.update(|r| r.upstream_status = Some(rparts.status.as_u16()));
+        }
+        let bytes = match Limited::new(rbody, up.max_response_bytes).collect().await {
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(GatewayError::UpstreamInvalid(
+                    "response larger than upstream.max_response_bytes",
+                ))
+            }
+            Err(e) => return Err(GatewayError::UpstreamUnavailable(error_chain(e.as_ref()))),
+            Ok(c) => c.to_bytes(),
+        };
+        Ok((rparts, bytes))
+    };
+    let (mut rparts, bytes) = match timeout_at(deadline, exchange).await {
         Err(_) => {
             failed("timeout");
             return Err(GatewayError::UpstreamTimeout.into());
         }
-        Ok(Err(e)) => {
-            failed("unavailable");
-            return Err(GatewayError::UpstreamUnavailable(error_chain(&e)).into());
-        }
-        Ok(Ok(r)) => r,
-    };
-    let (mut rparts, rbody) = resp.into_parts();
-    if let Some(r) = &record {
-        r.update(|r| r.upstream_status = Some(rparts.status.as_u16()));
-    }
-    let collected = timeout_at(
-        deadline,
-        Limited::new(rbody, up.max_response_bytes).collect(),
-    )
-    .await;
-    let bytes = match collected {
-        Err(_) => return Err(GatewayError::UpstreamTimeout.into()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(GatewayError::UpstreamInvalid(
-                "response larger than upstream.max_response_bytes",
-            )
-            .into())
-        }
-        Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(error_chain(e.as_ref())).into()),
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(r) => r?,
     };
     m.upstream_duration.observe(started.elapsed().as_secs_f64());
     strip_hop_by_hop(&mut rparts.headers);
