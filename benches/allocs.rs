@@ -122,6 +122,9 @@ fn site_key(bt: &std::backtrace::Backtrace) -> String {
     frames.join(" <- ")
 }
 
+/// Builds the next request of a scenario.
+type MakeRequest = Box<dyn FnMut() -> http::Request<Full<Bytes>>>;
+
 const USER: &str = include_str!("load/user.json");
 const CREATE: &str = include_str!("load/create-user.json");
 const PATCH: &str = include_str!("load/patch-user.json");
@@ -204,7 +207,7 @@ fn main() {
             b.body(Full::new(Bytes::from(body))).expect("request")
         }
     };
-    let cases: Vec<(&str, Box<dyn FnMut() -> http::Request<Full<Bytes>>>)> = vec![
+    let cases: Vec<(&str, MakeRequest)> = vec![
         (
             "get",
             Box::new(scenario("GET", format!("/acme/scim/v2/Users/{id}"), "")),
@@ -297,7 +300,7 @@ fn main() {
                 *by.entry(site_key(&bt)).or_default() += 1;
             }
             let mut by: Vec<_> = by.into_iter().collect();
-            by.sort_by(|a, b| b.1.cmp(&a.1));
+            by.sort_by_key(|b| std::cmp::Reverse(b.1));
             for (site, c) in by {
                 println!("    {:5.1}  {site}", c as f64 / k as f64);
             }

@@ -140,8 +140,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The control runtime: reloads, signals, the admin endpoints and the demo. The gateway's
+/// requests run on the shards' own runtimes ([`crate::shard`]).
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
@@ -151,6 +154,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(a) => {
             let _log = crate::telemetry::init();
+            // Before the policy is compiled: it holds one backend pool per shard.
+            crate::shard::set_count(crate::shard::default_count());
             let bulk = crate::memory::Bulk::begin();
             let cfg = config::load(&a.config).map_err(|p| p.to_string())?;
             runtime()?.block_on(crate::server::serve(a.config.clone(), cfg, bulk))

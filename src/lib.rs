@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod scim;
 pub mod server;
+pub mod shard;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

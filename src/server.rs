@@ -1,5 +1,6 @@
-//! Serving: the TLS accept loop, one hyper connection (HTTP/1.1 or h2 by ALPN) per client,
-//! graceful shutdown that lets in-flight requests finish, and the `serve` entry point.
+//! Serving: one TLS accept loop per shard ([`crate::shard`], a single-threaded runtime per
+//! core, all accepting from one socket), one hyper connection (HTTP/1.1 or h2 by ALPN) per
+//! client, graceful shutdown that lets in-flight requests finish, and the `serve` entry point.
 
 use crate::admin::{self, Health};
 use crate::config::Config;
@@ -226,7 +227,8 @@ pub async fn serve(
     result
 }
 
-/// Binds the listeners, announces them, and serves until SIGTERM/SIGINT.
+/// Binds the listeners, announces them, and serves until SIGTERM/SIGINT: the gateway on one
+/// shard per core ([`crate::shard`]), the admin endpoints on the calling runtime.
 pub async fn run(
     listen: std::net::SocketAddr,
     admin_listen: Option<std::net::SocketAddr>,
@@ -236,9 +238,7 @@ pub async fn run(
     tokens: usize,
     version: &str,
 ) -> Result<(), String> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let health = Arc::new(Health::default());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -256,22 +256,84 @@ pub async fn run(
         None => None,
     };
     let signal = shutdown_signal();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shards = spawn_shards(listener, &tls, &policy, &opts, &stop_rx)?;
     health.set_ready(true);
     tracing::info!(
         addr = %addr,
         admin_addr = admin_addr.map(|a| a.to_string()),
         tokens,
+        shards = shards.len(),
         policy_version = version,
         "listening"
     );
-    let h = health.clone();
-    run_gateway(listener, tls, policy, opts, async move {
-        signal.await;
-        h.set_ready(false);
-        tracing::info!("shutdown requested");
-    })
-    .await;
+    signal.await;
+    health.set_ready(false);
+    tracing::info!("shutdown requested");
+    let _ = stop_tx.send(true);
+    for done in shards {
+        let _ = done.await;
+    }
     let _ = stop_admin.send(());
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gateway's listening socket (backlog 1024, like tokio's own `bind`), for every shard to
+/// accept from.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// Starts one thread per shard, each with its own single-threaded runtime accepting from a
+/// duplicate of `listener` until `stop` turns true, then draining. Resolves, per shard, once
+/// it has drained.
+fn spawn_shards(
+    listener: std::net::TcpListener,
+    tls: &TlsHandle,
+    policy: &PolicyHandle,
+    opts: &ServeOptions,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, String> {
+    let mut done = Vec::new();
+    for i in 0..crate::shard::count() {
+        let listener = listener
+            .try_clone()
+            .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        let (tls, policy, opts, mut stop) =
+            (tls.clone(), policy.clone(), opts.clone(), stop.clone());
+        let (finished, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("scimgate-shard-{i}"))
+            .spawn(move || {
+                crate::shard::enter(i);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            run_gateway(l, tls, policy, opts, async move {
+                                let _ = stop.wait_for(|v| *v).await;
+                            })
+                            .await
+                        }
+                        Err(e) => tracing::error!(shard = i, error = %e, "shard cannot accept"),
+                    }
+                });
+                let _ = finished.send(());
+            })
+            .map_err(|e| format!("cannot start a shard thread: {e}"))?;
+        done.push(rx);
+    }
+    Ok(done)
 }

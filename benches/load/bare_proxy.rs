@@ -1,7 +1,8 @@
 //! The floor under scimgate in the load benchmark: the same building blocks (tokio, rustls with
-//! ring, hyper's server and hyper-util's pooled client, scimgate's own TLS and client setup)
-//! proxying with no policy at all — no token, no parsing, no logs. scimgate minus this row is
-//! what the policy costs; this row minus nginx is what the Rust HTTP/TLS platform costs.
+//! ring, hyper's server and hyper-util's pooled client, scimgate's own TLS and client setup,
+//! one single-threaded runtime per core like scimgate's shards) proxying with no policy at all:
+//! no token, no parsing, no logs. scimgate minus this row is what the policy costs; this row
+//! minus nginx is what the Rust HTTP/TLS platform costs.
 //!
 //!   bare_proxy <listen> <cert.pem> <key.pem> <backend origin> <public prefix> <backend prefix>
 //!
@@ -69,39 +70,55 @@ fn main() -> Result<(), String> {
         return Err("usage: bare_proxy <listen> <cert.pem> <key.pem> <backend origin> <public prefix> <backend prefix>".into());
     };
     let tls = scimgate::tls::server_config(cert.as_ref(), key.as_ref(), None)?;
-    let route = Arc::new(Route {
-        client: scimgate::proxy::upstream::build_client(None)?,
-        origin: origin.clone(),
-        public: public.clone(),
-        backend: backend.clone(),
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let listen = listen.clone();
-    rt.block_on(async move {
-        let listener = TcpListener::bind(&listen)
-            .await
-            .map_err(|e| format!("{listen}: {e}"))?;
-        let acceptor = TlsAcceptor::from(tls);
-        let builder = auto::Builder::new(TokioExecutor::new());
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, builder, route) = (acceptor.clone(), builder.clone(), route.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+    let acceptor = TlsAcceptor::from(tls);
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    // As scimgate serves: one single-threaded runtime per core, all accepting from the same
+    // socket, each with its own pooled client.
+    let shards = scimgate::shard::default_count();
+    let mut threads = Vec::new();
+    for _ in 0..shards {
+        let listener = listener.try_clone().map_err(|e| e.to_string())?;
+        let route = Arc::new(Route {
+            client: scimgate::proxy::upstream::build_client(None)?,
+            origin: origin.clone(),
+            public: public.clone(),
+            backend: backend.clone(),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let acceptor = acceptor.clone();
+        threads.push(std::thread::spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req| {
-                    let route = route.clone();
-                    async move { Ok::<_, Infallible>(proxy(route, req).await) }
-                });
-                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
-            });
-        }
-    })
+                let builder = auto::Builder::new(TokioExecutor::new());
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let (acceptor, builder, route) =
+                        (acceptor.clone(), builder.clone(), route.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(move |req| {
+                            let route = route.clone();
+                            async move { Ok::<_, Infallible>(proxy(route, req).await) }
+                        });
+                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                    });
+                }
+            })
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
 }

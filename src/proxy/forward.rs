@@ -163,7 +163,7 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
     };
     // One deadline, one timer, for the answer and its body.
     let exchange = async {
-        let resp = up.client.request(out).await.map_err(|e| {
+        let resp = up.client().request(out).await.map_err(|e| {
             failed("unavailable");
             GatewayError::UpstreamUnavailable(error_chain(&e))
         })?;

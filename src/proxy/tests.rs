@@ -1934,3 +1934,29 @@ async fn a_request_id_carrying_a_token_is_replaced() {
         }
     }
 }
+
+/// Each shard sends through its own backend pool, so its requests use connections its own
+/// runtime drives; threads that are not shards use the first.
+#[test]
+fn each_shard_uses_its_own_backend_pool() {
+    // Global, but harmless to other tests: they merely get one more pool.
+    crate::shard::set_count(2);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "127.0.0.1:9".parse().unwrap());
+    let policy = Arc::new(test_util::load_policy(&cfg));
+    let pool = |shard: Option<usize>| {
+        let policy = policy.clone();
+        std::thread::spawn(move || {
+            if let Some(i) = shard {
+                crate::shard::enter(i);
+            }
+            std::ptr::from_ref(policy.tenants[0].upstream.client()) as usize
+        })
+        .join()
+        .unwrap()
+    };
+    let (none, first, second) = (pool(None), pool(Some(0)), pool(Some(1)));
+    assert_eq!(none, first);
+    assert_ne!(first, second);
+    assert_eq!(second, pool(Some(1)));
+}

@@ -26,7 +26,9 @@ pub struct Upstream {
     authorization: Option<HeaderValue>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
-    pub client: UpstreamClient,
+    /// One pool per shard ([`crate::shard`]): a shard's requests use connections its own
+    /// runtime drives.
+    clients: Box<[UpstreamClient]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -68,7 +70,11 @@ impl Upstream {
             None => None,
         };
         let ca = section.ca.as_ref().map(|p| cfg.resolve(p));
-        let client = build_client(ca.as_deref()).map_err(problem)?;
+        let clients = (0..crate::shard::count())
+            .map(|_| build_client(ca.as_deref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(problem)?
+            .into_boxed_slice();
         Ok(Upstream {
             base_url: format!("{origin}{base_path}").into(),
             origin: origin.into(),
@@ -76,8 +82,14 @@ impl Upstream {
             authorization,
             timeout: section.timeout.0,
             max_response_bytes: section.max_response_bytes,
-            client,
+            clients,
         })
+    }
+
+    /// The pooled client of the current shard.
+    #[inline]
+    pub fn client(&self) -> &UpstreamClient {
+        &self.clients[crate::shard::current() % self.clients.len()]
     }
 
     pub fn authorization(&self) -> Option<&HeaderValue> {
