@@ -15,9 +15,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A keyed GCRA limiter that reports the remaining burst capacity, keyed by [`KeyHasher::key`].
 pub type Keyed<C = DefaultClock> =
@@ -121,6 +120,28 @@ impl std::fmt::Debug for RateSpec {
     }
 }
 
+/// A request counted in flight until this is dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<AtomicU32>);
+
+impl Permit {
+    /// Counts one more in `counter` unless it already holds `max`.
+    fn take(counter: &Arc<AtomicU32>, max: u32) -> Option<Permit> {
+        counter
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(counter.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// One limited subject (a token or a tenant): its limiter, key and rate.
 #[derive(Clone)]
 pub struct RateSlot {
@@ -207,9 +228,12 @@ pub struct Limits {
     /// The window of the counters in `auth_failures`, in milliseconds.
     failure_window_ms: AtomicU64,
     started: std::time::Instant,
-    /// By token key.
-    concurrency: Mutex<HashMap<u64, Arc<Semaphore>>>,
-    in_flight: Mutex<(u32, Arc<Semaphore>)>,
+    /// Requests in flight, by token key. Read-locked on the request path; written once per
+    /// token.
+    concurrency: RwLock<HashMap<u64, Arc<AtomicU32>>>,
+    /// Requests in flight through the whole gateway, and their bound.
+    in_flight: Arc<AtomicU32>,
+    max_in_flight: AtomicU32,
     checks: AtomicU64,
 }
 
@@ -229,11 +253,9 @@ impl Default for Limits {
             last_failure_ms: AtomicU64::new(0),
             failure_window_ms: AtomicU64::new(window_ms(d.auth_failures)),
             started: std::time::Instant::now(),
-            concurrency: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new((
-                d.max_in_flight,
-                Arc::new(Semaphore::new(d.max_in_flight as usize)),
-            )),
+            concurrency: RwLock::new(HashMap::new()),
+            in_flight: Arc::default(),
+            max_in_flight: AtomicU32::new(d.max_in_flight),
             checks: AtomicU64::new(0),
         }
     }
@@ -309,14 +331,9 @@ impl Limits {
                 self.last_failure_ms.store(0, Ordering::Relaxed);
             }
         }
-        if let Ok(mut f) = self.in_flight.lock() {
-            if f.0 != cfg.max_in_flight {
-                *f = (
-                    cfg.max_in_flight,
-                    Arc::new(Semaphore::new(cfg.max_in_flight as usize)),
-                );
-            }
-        }
+        // Requests already in flight keep counting against the new bound.
+        self.max_in_flight
+            .store(cfg.max_in_flight, Ordering::Relaxed);
     }
 
     /// Whether `ip` has used up its failed authentications.
@@ -349,26 +366,28 @@ impl Limits {
         c.fetch_add(1, Ordering::Relaxed) + 1 == af.0.max
     }
 
-    /// A slot in the total in-flight bound, or `None` when the gateway is full.
-    pub fn enter(
-        &self,
-        token_key: u64,
-        per_token: u32,
-    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), &'static str> {
-        let total = self
-            .in_flight
-            .lock()
-            .map(|f| f.1.clone())
+    /// A slot in the total in-flight bound and one in the token's, or why not. Counters, not
+    /// semaphores: nothing ever waits for a slot, and a semaphore takes a lock to give one back.
+    pub fn enter(&self, token_key: u64, per_token: u32) -> Result<(Permit, Permit), &'static str> {
+        let total = Permit::take(&self.in_flight, self.max_in_flight.load(Ordering::Relaxed))
+            .ok_or("overloaded")?;
+        let existing = self
+            .concurrency
+            .read()
             .map_err(|_| "overloaded")?
-            .try_acquire_owned()
-            .map_err(|_| "overloaded")?;
-        let sem = {
-            let mut map = self.concurrency.lock().map_err(|_| "overloaded")?;
-            map.entry(token_key)
-                .or_insert_with(|| Arc::new(Semaphore::new(per_token as usize)))
-                .clone()
+            .get(&token_key)
+            .cloned();
+        let counter = match existing {
+            Some(c) => c,
+            None => self
+                .concurrency
+                .write()
+                .map_err(|_| "overloaded")?
+                .entry(token_key)
+                .or_default()
+                .clone(),
         };
-        let mine = sem.try_acquire_owned().map_err(|_| "token_concurrency")?;
+        let mine = Permit::take(&counter, per_token).ok_or("token_concurrency")?;
         self.maintain();
         Ok((total, mine))
     }
@@ -513,6 +532,28 @@ mod tests {
         assert!(limits.enter(limits.keys.key("token", "b"), 2).is_ok());
         drop(p1);
         assert!(limits.enter(t, 2).is_ok());
+    }
+
+    #[test]
+    fn the_gateway_wide_bound_counts_every_token_and_follows_reloads() {
+        let limits = Limits::default();
+        let key = |id: &str| limits.keys.key("token", id);
+        let mut cfg = RateLimitsSection {
+            max_in_flight: 2,
+            ..RateLimitsSection::default()
+        };
+        limits.configure(&cfg);
+        let a = limits.enter(key("a"), 1).unwrap();
+        // A refusal for the token's own bound gives its gateway-wide slot back.
+        assert_eq!(limits.enter(key("a"), 1).err(), Some("token_concurrency"));
+        let _b = limits.enter(key("b"), 1).unwrap();
+        assert_eq!(limits.enter(key("c"), 1).err(), Some("overloaded"));
+        drop(a);
+        let _c = limits.enter(key("c"), 1).unwrap();
+        // A lower bound applies at once, counting the requests already in flight.
+        cfg.max_in_flight = 1;
+        limits.configure(&cfg);
+        assert_eq!(limits.enter(key("d"), 1).err(), Some("overloaded"));
     }
 
     #[test]
