@@ -18,7 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
@@ -49,6 +49,26 @@ pub async fn run_gateway(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_shard(listener, None, tls, policy, opts, shutdown).await
+}
+
+/// This shard's place among the others: its number, the balancer, and its inbox.
+pub struct ShardSeat {
+    pub index: usize,
+    pub balancer: Arc<crate::shard::Balancer>,
+    pub inbox: tokio::sync::mpsc::UnboundedReceiver<crate::shard::Handoff>,
+}
+
+/// [`run_gateway`] as one of several shards: a connection accepted here is served by the
+/// shard serving the fewest, and connections other shards hand over arrive in the inbox.
+pub async fn run_shard(
+    listener: TcpListener,
+    mut seat: Option<ShardSeat>,
+    tls: TlsHandle,
+    policy: PolicyHandle,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let stack = proxy::stack::<Incoming>(policy);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -62,10 +82,41 @@ pub async fn run_gateway(
         .max_concurrent_streams(256);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, remote) = tokio::select! {
+        let handed = async {
+            match seat.as_mut() {
+                Some(s) => s.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (tcp, remote, open) = tokio::select! {
             _ = &mut shutdown => break,
+            Some(h) = handed => match h.tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(h.tcp)) {
+                Ok(tcp) => (tcp, h.remote, Some(h.open)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take over a connection");
+                    continue;
+                }
+            },
             accepted = listener.accept() => match accepted {
-                Ok(x) => x,
+                Ok((tcp, remote)) => match &seat {
+                    None => (tcp, remote, None),
+                    Some(seat) => {
+                        let (to, open) = seat.balancer.place(seat.index);
+                        if to == seat.index {
+                            (tcp, remote, Some(open))
+                        } else {
+                            // Served by a shard with fewer connections; dropped if that shard has
+                            // stopped (the gateway is shutting down).
+                            if let Ok(tcp) = tcp.into_std() {
+                                let _ = seat.balancer.hand_off(
+                                    to,
+                                    crate::shard::Handoff { tcp, remote, open },
+                                );
+                            }
+                            continue;
+                        }
+                    }
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -83,6 +134,7 @@ pub async fn run_gateway(
         let watcher = graceful.watcher();
         let handshake_timeout = opts.tls_handshake_timeout;
         tokio::spawn(async move {
+            let _open = open;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -304,7 +356,13 @@ fn spawn_shards(
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, String> {
     let mut done = Vec::new();
-    for i in 0..crate::shard::count() {
+    let (balancer, inboxes) = crate::shard::Balancer::new(crate::shard::count());
+    for (i, inbox) in inboxes.into_iter().enumerate() {
+        let seat = ShardSeat {
+            index: i,
+            balancer: balancer.clone(),
+            inbox,
+        };
         let listener = listener
             .try_clone()
             .map_err(|e| format!("cannot share the listening socket: {e}"))?;
@@ -322,7 +380,7 @@ fn spawn_shards(
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
-                            run_gateway(l, tls, policy, opts, async move {
+                            run_shard(l, Some(seat), tls, policy, opts, async move {
                                 let _ = stop.wait_for(|v| *v).await;
                             })
                             .await

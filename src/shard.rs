@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// How many shards serve; 1 until [`set_count`] (library use, tests).
 static COUNT: AtomicUsize = AtomicUsize::new(1);
@@ -37,4 +38,110 @@ pub fn enter(i: usize) {
 #[inline]
 pub fn current() -> usize {
     CURRENT.with(Cell::get)
+}
+
+/// Spreads connections over the shards. Every shard accepts from the same socket and whichever
+/// wakes first takes a new connection; it then goes to the shard serving the fewest, through
+/// that shard's inbox. A burst of connections (an IdP opening its pool, a load test) is shared
+/// out evenly instead of landing on whichever thread happened to be awake.
+#[derive(Debug)]
+pub struct Balancer {
+    open: Box<[AtomicUsize]>,
+    inboxes: Box<[tokio::sync::mpsc::UnboundedSender<Handoff>]>,
+}
+
+/// A connection accepted by one shard for another to serve.
+#[derive(Debug)]
+pub struct Handoff {
+    pub tcp: std::net::TcpStream,
+    pub remote: std::net::SocketAddr,
+    /// Counts the connection against the shard serving it until the connection ends.
+    pub open: Open,
+}
+
+/// One connection counted against a shard; uncounted when dropped.
+#[derive(Debug)]
+pub struct Open {
+    balancer: Arc<Balancer>,
+    shard: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.balancer.open[self.shard].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    /// A balancer over `n` shards, and each shard's inbox.
+    pub fn new(
+        n: usize,
+    ) -> (
+        Arc<Balancer>,
+        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
+    ) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let balancer = Balancer {
+            open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: senders.into_boxed_slice(),
+        };
+        (Arc::new(balancer), receivers)
+    }
+
+    /// Where a connection shard `me` just accepted should be served, counted there: `me`
+    /// unless another shard serves fewer connections.
+    pub fn place(self: &Arc<Self>, me: usize) -> (usize, Open) {
+        let mut target = me;
+        let mut least = self.open[me].load(Ordering::Relaxed);
+        for (i, n) in self.open.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n < least {
+                (target, least) = (i, n);
+            }
+        }
+        self.open[target].fetch_add(1, Ordering::Relaxed);
+        let open = Open {
+            balancer: self.clone(),
+            shard: target,
+        };
+        (target, open)
+    }
+
+    /// Sends a connection to shard `to`; gives it back if that shard has stopped.
+    pub fn hand_off(&self, to: usize, h: Handoff) -> Result<(), Handoff> {
+        self.inboxes[to].send(h).map_err(|e| e.0)
+    }
+
+    /// Connections each shard serves (for tests and diagnostics).
+    pub fn open(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_to_the_shard_serving_the_fewest() {
+        let (b, _inboxes) = Balancer::new(3);
+        // Shard 0 accepts everything, as the first awake thread might during a burst.
+        let mut placed: Vec<(usize, Open)> = (0..6).map(|_| b.place(0)).collect();
+        assert_eq!(b.open(), [2, 2, 2]);
+        let mut shards: Vec<usize> = placed.iter().map(|p| p.0).collect();
+        shards.sort_unstable();
+        assert_eq!(shards, [0, 0, 1, 1, 2, 2]);
+        // A connection that ends is no longer counted; the next one fills its place.
+        let on_2 = placed.iter().position(|p| p.0 == 2).unwrap();
+        drop(placed.remove(on_2));
+        assert_eq!(b.open(), [2, 2, 1]);
+        let (next, _open) = b.place(1);
+        assert_eq!(next, 2);
+        assert_eq!(b.open(), [2, 2, 2]);
+    }
 }
