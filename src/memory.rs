@@ -1,65 +1,60 @@
 //! How the process gives memory back to the operating system (mimalloc, the binary's allocator).
 //!
-//! Loading a large token file allocates several times what the compiled policy keeps and frees
-//! it right after. mimalloc returns a freed page 10 ms after it empties, but only when the
-//! thread that freed it next calls the allocator: a gateway quiet after start-up, a reload or a
-//! burst of traffic would go on holding its peak. So the binary purges freed pages at once
-//! ([`purge_at_once`]), except while a token file is parsed ([`Bulk`]), where purging each
-//! page as it empties would only make the parse slower.
+//! mimalloc purges a freed page (returns it to the system) once it has stayed free for its
+//! purge delay, but only when some thread next goes into the allocator's slow path: a gateway
+//! quiet after start-up, a reload or a burst of traffic would go on holding its peak. Purging
+//! each page the moment it empties avoided that, but cost a `madvise`, a TLB shootdown and
+//! fresh page faults over and over under load: about a tenth of the gateway's CPU per request.
+//! So freed pages are purged after [`PURGE_DELAY_MS`] ([`purge_soon`]), and every runtime
+//! thread of the serving process collects once a second ([`collect_expired`]) so that what has
+//! expired goes back even when no request comes. After a token file is parsed, [`Bulk`] returns everything at once.
 //!
 //! Harmless when mimalloc is not the global allocator (tests, benchmarks): the calls then only
 //! touch mimalloc's own empty heaps.
 
 use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// mimalloc's `purge_delay` option (`mi_option_purge_delay` in mimalloc.h, v2 and v3 alike),
 /// in milliseconds.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// Whether [`purge_at_once`] took effect (no `MIMALLOC_PURGE_DELAY` of the operator's).
-static AT_ONCE: AtomicBool = AtomicBool::new(false);
+/// How long a freed page stays with the process before it goes back: long enough that pages
+/// freed and reused within a request or two are not purged and faulted in again.
+pub const PURGE_DELAY_MS: i64 = 10;
 
-/// Makes freed pages go back to the system as soon as they empty. At rest with one token this
-/// is 13 MiB resident against 19 MiB; under load it costs about one `madvise` per hundred
-/// requests. `MIMALLOC_PURGE_DELAY` in the environment, when set, decides instead.
-pub fn purge_at_once() {
+/// How often the serving process purges what has expired, whether or not requests come.
+pub const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets the purge delay to [`PURGE_DELAY_MS`] (mimalloc 3's own default is a second).
+/// `MIMALLOC_PURGE_DELAY` in the environment, when set, decides instead.
+pub fn purge_soon() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets an integer option; mimalloc reads options atomically at any time.
-        unsafe { mi_option_set(PURGE_DELAY, 0) };
-        AT_ONCE.store(true, Ordering::Relaxed);
+        unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS as _) };
     }
 }
 
-/// Held while a token file is read, compiled and its parsed form dropped: purging is deferred
-/// to mimalloc's default meanwhile (purging each page as it empties would only slow the parse
-/// down), and on drop everything freed goes back to the system. Concurrent holders are fine:
-/// the last one to finish restores purging at once.
-#[must_use = "purging is deferred only while the guard lives"]
-pub struct Bulk(bool);
+/// Hands the calling thread's empty pages back and purges the freed pages whose delay has
+/// passed. Cheap when there is nothing to do.
+pub fn collect_expired() {
+    // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+    unsafe { mi_collect(true) }
+}
 
-static BULK_HOLDERS: AtomicUsize = AtomicUsize::new(0);
+/// Held while a token file is read, compiled and its parsed form dropped; on drop, everything
+/// freed goes back to the system at once instead of over the next second.
+#[must_use = "the memory is returned when the guard drops"]
+pub struct Bulk(());
 
 impl Bulk {
     pub fn begin() -> Bulk {
-        let at_once = AT_ONCE.load(Ordering::Relaxed);
-        if at_once && BULK_HOLDERS.fetch_add(1, Ordering::AcqRel) == 0 {
-            // SAFETY: as in `purge_at_once`.
-            unsafe { mi_option_set(PURGE_DELAY, 10) };
-        }
-        Bulk(at_once)
+        Bulk(())
     }
 }
 
 impl Drop for Bulk {
     fn drop(&mut self) {
-        // First, while purging is still deferred: with a delay of 0 mimalloc schedules nothing
-        // and its collection skips the purge of what was scheduled before.
         release_freed();
-        if self.0 && BULK_HOLDERS.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // SAFETY: as in `purge_at_once`.
-            unsafe { mi_option_set(PURGE_DELAY, 0) };
-        }
     }
 }
 
@@ -81,18 +76,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purging_is_deferred_while_any_bulk_guard_lives_and_immediate_after() {
+    fn the_purge_delay_is_ours_unless_the_operator_set_one() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
             return; // the operator's setting wins; nothing of ours to check
         }
-        purge_at_once();
-        assert_eq!(purge_delay_ms(), 0);
-        let outer = Bulk::begin();
-        assert_eq!(purge_delay_ms(), 10);
-        let inner = Bulk::begin();
-        drop(outer);
-        assert_eq!(purge_delay_ms(), 10, "another holder still parses");
-        drop(inner);
-        assert_eq!(purge_delay_ms(), 0);
+        purge_soon();
+        assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
+        drop(Bulk::begin());
+        collect_expired();
+        assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
     }
 }

@@ -181,6 +181,18 @@ pub async fn run_shard(
     }
 }
 
+/// Returns freed memory within a second even when no request comes: on the thread it runs on,
+/// so every runtime runs one (mimalloc keeps a thread's empty pages until that thread
+/// collects).
+async fn collect_memory() {
+    let mut tick = tokio::time::interval(crate::memory::COLLECT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::memory::collect_expired();
+    }
+}
+
 /// Runs `f` when dropped (connection gauges).
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -268,10 +280,12 @@ pub async fn serve(
     let hup = reload::hangup();
     let reload_task = tokio::spawn(Arc::new(reloader).run(hup, stopped(stop_rx.clone())));
     let flush_task = tokio::spawn(reload::flush_usage(usage, stopped(stop_rx)));
+    let collector = tokio::spawn(collect_memory());
     let result = run(listen.0, listen.1, tls, policy, opts, tokens, &version).await;
     let _ = stop_tx.send(true);
     let _ = reload_task.await;
     let _ = flush_task.await;
+    collector.abort();
     if let Some(audit) = audit {
         // Every request has ended: its record reaches the sink before the process exits.
         let _ = tokio::task::spawn_blocking(move || audit.close()).await;
@@ -378,6 +392,7 @@ fn spawn_shards(
             .spawn(move || {
                 crate::shard::enter(i);
                 runtime.block_on(async move {
+                    tokio::spawn(collect_memory());
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
                             run_shard(l, Some(seat), tls, policy, opts, async move {
