@@ -652,7 +652,7 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     done
     echo
     echo "backend = the static backend over plain HTTP, no proxy (the ceiling). bare = benches/load/bare_proxy.rs:"
-    echo "scimgate's HTTP/TLS platform (tokio, rustls, hyper, hyper-util's pooled client) proxying with no policy."
+    echo "scimgate's HTTP/TLS platform (tokio with one runtime per core, rustls, hyper, hyper-util's pooled client) proxying with no policy."
     echo "Target CPU is the user+system time of the target's own processes (for backend: the backend) per request."
     echo "Other CPU is what the machine spent on anything but wrk, the target and the backend during"
     echo "the row (other processes, kernel work charged to none), in % of one core of $(nproc)."

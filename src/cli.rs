@@ -140,11 +140,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The control runtime: reloads, signals, the admin endpoints and the demo. The gateway's
-/// requests run on the shards' own runtimes ([`crate::shard`]).
+/// The control runtime, on the main thread: reloads, signals, the admin endpoints and the
+/// demo. The gateway's requests run on the shards' own runtimes ([`crate::shard`]).
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
