@@ -91,7 +91,7 @@ fn write_chained(
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
     record: &Record,
-    time: impl std::fmt::Display,
+    time: humantime::Rfc3339Timestamp,
     prev: &str,
 ) -> std::io::Result<()> {
     scratch.clear();
@@ -410,10 +410,13 @@ mod tests {
             kind: "policy_reloaded",
             ..Record::default()
         };
-        let time = "2026-11-24T05:00:00.123456Z";
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_795_000_000_123_456);
+        let time = humantime::format_rfc3339_micros(at).to_string();
+        let time = time.as_str();
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         for r in [&full, &bare] {
-            write_chained(&mut out, &mut scratch, r, time, GENESIS).unwrap();
+            let stamp = humantime::format_rfc3339_micros(at);
+            write_chained(&mut out, &mut scratch, r, stamp, GENESIS).unwrap();
             let want = serde_json::to_vec(&Flattened {
                 schema: SCHEMA,
                 time,

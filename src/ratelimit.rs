@@ -261,8 +261,10 @@ impl Default for Limits {
     }
 }
 
+/// The window in whole milliseconds, rounded up: the lock-free answer must never end a block
+/// early.
 fn window_ms(cfg: AuthFailuresSection) -> u64 {
-    u64::try_from(cfg.window.0.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(cfg.window.0.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 fn failure_cache(cfg: AuthFailuresSection) -> Cache<IpAddr, Arc<AtomicU32>> {

@@ -209,9 +209,12 @@ impl Reloader {
     /// Reloads on SIGHUP and on changes to the watched files until `shutdown` resolves.
     /// `hup` is the SIGHUP stream, registered by the caller before the gateway announces itself,
     /// so a SIGHUP right after start reloads instead of ending the process.
+    /// `watching` is told once the files are watched, so the gateway announces readiness
+    /// only when a change to them can no longer be missed.
     pub async fn run(
         self: Arc<Self>,
         hup: Option<Hangup>,
+        watching: tokio::sync::oneshot::Sender<()>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -255,6 +258,7 @@ impl Reloader {
                 None
             }
         };
+        let _ = watching.send(());
         if let Some(mut hup) = hup {
             let hup_tx = tx.clone();
             tokio::spawn(async move {

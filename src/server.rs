@@ -105,15 +105,23 @@ pub async fn run_shard(
                         if to == seat.index {
                             (tcp, remote, Some(open))
                         } else {
-                            // Served by a shard with fewer connections; dropped if that shard has
-                            // stopped (the gateway is shutting down).
-                            if let Ok(tcp) = tcp.into_std() {
-                                let _ = seat.balancer.hand_off(
-                                    to,
-                                    crate::shard::Handoff { tcp, remote, open },
-                                );
+                            // Served by a shard with fewer connections, or here after all if
+                            // that shard has stopped meanwhile.
+                            let handoff = tcp.into_std().map(|tcp| crate::shard::Handoff { tcp, remote, open });
+                            match handoff.map(|h| seat.balancer.hand_off(to, h)) {
+                                Ok(Ok(())) => continue,
+                                Ok(Err(back)) => match TcpStream::from_std(back.tcp) {
+                                    Ok(tcp) => (tcp, remote, Some(seat.balancer.count_on(seat.index))),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cannot serve a connection");
+                                        continue;
+                                    }
+                                },
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot hand a connection over");
+                                    continue;
+                                }
                             }
-                            continue;
                         }
                     }
                 },
@@ -169,6 +177,13 @@ pub async fn run_shard(
         });
     }
     drop(listener);
+    if let Some(seat) = seat.as_mut() {
+        // No more connections come here; those handed over but not yet taken are closed, as
+        // a listener closes its backlog.
+        seat.balancer.retire(seat.index);
+        seat.inbox.close();
+        while seat.inbox.try_recv().is_ok() {}
+    }
     tracing::info!(
         grace_secs = opts.shutdown_grace.as_secs(),
         "draining in-flight requests"
@@ -178,6 +193,15 @@ pub async fn run_shard(
         .is_err()
     {
         tracing::warn!("shutdown grace period ended with requests still in flight");
+    }
+}
+
+/// Retires a shard from the balancer when dropped.
+struct Retire(Arc<crate::shard::Balancer>, usize);
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        self.0.retire(self.1);
     }
 }
 
@@ -278,7 +302,10 @@ pub async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let hup = reload::hangup();
-    let reload_task = tokio::spawn(Arc::new(reloader).run(hup, stopped(stop_rx.clone())));
+    let (watching, watched) = tokio::sync::oneshot::channel();
+    let reload_task = tokio::spawn(Arc::new(reloader).run(hup, watching, stopped(stop_rx.clone())));
+    // The control runtime runs one task at a time: readiness waits until the files are watched.
+    let _ = watched.await;
     let flush_task = tokio::spawn(reload::flush_usage(usage, stopped(stop_rx)));
     let collector = tokio::spawn(collect_memory());
     let result = run(listen.0, listen.1, tls, policy, opts, tokens, &version).await;
@@ -391,6 +418,8 @@ fn spawn_shards(
             .name(format!("scimgate-shard-{i}"))
             .spawn(move || {
                 crate::shard::enter(i);
+                // However this thread ends (a failed start, a panic), connections stop coming.
+                let _retire = Retire(seat.balancer.clone(), i);
                 runtime.block_on(async move {
                     tokio::spawn(collect_memory());
                     match TcpListener::from_std(listener) {

@@ -5,7 +5,7 @@
 //! per-shard state (the backend connection pools) can be picked without a lock.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How many shards serve; 1 until [`set_count`] (library use, tests).
@@ -47,6 +47,9 @@ pub fn current() -> usize {
 #[derive(Debug)]
 pub struct Balancer {
     open: Box<[AtomicUsize]>,
+    /// Shards still serving: a shard that stopped (shutdown, a failed start, a panic) gets no
+    /// more connections, however few it counts.
+    alive: Box<[AtomicBool]>,
     inboxes: Box<[tokio::sync::mpsc::UnboundedSender<Handoff>]>,
 }
 
@@ -85,6 +88,7 @@ impl Balancer {
             .unzip();
         let balancer = Balancer {
             open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            alive: (0..n).map(|_| AtomicBool::new(true)).collect(),
             inboxes: senders.into_boxed_slice(),
         };
         (Arc::new(balancer), receivers)
@@ -97,21 +101,33 @@ impl Balancer {
         let mut least = self.open[me].load(Ordering::Relaxed);
         for (i, n) in self.open.iter().enumerate() {
             let n = n.load(Ordering::Relaxed);
-            if n < least {
+            if n < least && self.alive[i].load(Ordering::Acquire) {
                 (target, least) = (i, n);
             }
         }
-        self.open[target].fetch_add(1, Ordering::Relaxed);
-        let open = Open {
+        (target, self.count_on(target))
+    }
+
+    /// Counts one connection against `shard` until the returned guard drops.
+    pub fn count_on(self: &Arc<Self>, shard: usize) -> Open {
+        self.open[shard].fetch_add(1, Ordering::Relaxed);
+        Open {
             balancer: self.clone(),
-            shard: target,
-        };
-        (target, open)
+            shard,
+        }
     }
 
     /// Sends a connection to shard `to`; gives it back if that shard has stopped.
     pub fn hand_off(&self, to: usize, h: Handoff) -> Result<(), Handoff> {
+        if !self.alive[to].load(Ordering::Acquire) {
+            return Err(h);
+        }
         self.inboxes[to].send(h).map_err(|e| e.0)
+    }
+
+    /// Marks `shard` as no longer serving: [`place`](Self::place) skips it from now on.
+    pub fn retire(&self, shard: usize) {
+        self.alive[shard].store(false, Ordering::Release);
     }
 
     /// Connections each shard serves (for tests and diagnostics).
@@ -143,5 +159,28 @@ mod tests {
         let (next, _open) = b.place(1);
         assert_eq!(next, 2);
         assert_eq!(b.open(), [2, 2, 2]);
+    }
+
+    #[test]
+    fn a_stopped_shard_gets_no_connections() {
+        let (b, mut inboxes) = Balancer::new(2);
+        let _busy = b.place(0);
+        b.retire(1);
+        // Shard 1 serves nothing, but it has stopped: the connection stays with shard 0.
+        let (to, _open) = b.place(0);
+        assert_eq!(to, 0);
+        assert_eq!(b.open(), [2, 0]);
+        // A connection already on its way to a shard that stops comes back to the sender.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let remote = tcp.local_addr().unwrap();
+        let h = Handoff {
+            tcp,
+            remote,
+            open: b.count_on(1),
+        };
+        assert!(b.hand_off(1, h).is_err());
+        assert_eq!(b.open(), [2, 0]);
+        assert!(inboxes[1].try_recv().is_err());
     }
 }

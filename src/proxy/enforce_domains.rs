@@ -804,20 +804,24 @@ fn parse_json(bytes: &[u8], what: &'static str) -> Result<Value, GatewayError> {
 }
 
 /// Makes `query` the query the backend gets (the forwarded path is written from the routed
-/// operation, not from this URI).
+/// operation, not from this URI). The scheme and authority stay: the public URL of the
+/// answer's locations is built from the authority when there is no `Host` (HTTP/2).
 fn set_query(req: &mut Request<Bytes>, query: &str) -> Result<(), GatewayError> {
     let current = req.uri().query();
     if (current == Some(query) && !query.is_empty()) || (current.is_none() && query.is_empty()) {
         return Ok(());
     }
-    let uri = if query.is_empty() {
+    let pq = if query.is_empty() {
         "/".to_owned()
     } else {
         format!("/?{query}")
     };
-    *req.uri_mut() = uri
-        .parse()
-        .map_err(|_| bad_query("unusable query".into()))?;
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(pq).map_err(|_| bad_query("unusable query".into()))?,
+    );
+    *req.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| bad_query("unusable query".into()))?;
     Ok(())
 }
 

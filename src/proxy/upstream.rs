@@ -70,9 +70,7 @@ impl Upstream {
             None => None,
         };
         let ca = section.ca.as_ref().map(|p| cfg.resolve(p));
-        let clients = (0..crate::shard::count())
-            .map(|_| build_client(ca.as_deref()))
-            .collect::<Result<Vec<_>, _>>()
+        let clients = build_clients(ca.as_deref(), crate::shard::count())
             .map_err(problem)?
             .into_boxed_slice();
         Ok(Upstream {
@@ -104,6 +102,16 @@ impl Upstream {
 /// A pooled HTTP/1.1 and HTTP/2 client; https upstreams are verified against `ca` or, without
 /// it, the bundled web PKI roots.
 pub fn build_client(ca: Option<&std::path::Path>) -> Result<UpstreamClient, String> {
+    build_clients(ca, 1)?
+        .pop()
+        .ok_or_else(|| "no client".to_owned())
+}
+
+/// `n` clients with separate pools over one TLS configuration and connector (one per shard).
+pub fn build_clients(
+    ca: Option<&std::path::Path>,
+    n: usize,
+) -> Result<Vec<UpstreamClient>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -132,8 +140,12 @@ pub fn build_client(ca: Option<&std::path::Path>) -> Result<UpstreamClient, Stri
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(https))
+    Ok((0..n.max(1))
+        .map(|_| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .build(https.clone())
+        })
+        .collect())
 }
