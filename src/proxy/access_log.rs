@@ -135,9 +135,18 @@ fn decision_of(r: &AccessRecord) -> &'static str {
     })
 }
 
+/// Whether a URL part carries a token, as written or percent-decoded (`scimgate%5F…`).
+fn carries_token(p: &str) -> bool {
+    p.contains(crate::token::PREFIX)
+        || (p.contains('%')
+            && percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .contains(crate::token::PREFIX))
+}
+
 /// A token pasted into a URL must not reach any log.
 fn redacted(p: &str) -> &str {
-    if p.contains(crate::token::PREFIX) {
+    if carries_token(p) {
         "[redacted]"
     } else {
         p
@@ -146,7 +155,7 @@ fn redacted(p: &str) -> &str {
 
 /// [`redacted`], keeping the string when it is clean.
 fn redacted_owned(p: String) -> String {
-    if p.contains(crate::token::PREFIX) {
+    if carries_token(&p) {
         "[redacted]".to_owned()
     } else {
         p
@@ -274,4 +283,28 @@ fn emit(
     .opt_str("policy_version", r.policy_version.as_deref())
     .num("duration_us", elapsed.as_micros() as u64);
     writer.write_line(&line.finish(TARGET));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_a_url_is_redacted_however_it_is_encoded() {
+        let token = "scimgate_MKHfTi8jDokbisqbG1zwPHmNtzT0jqEYQjTucQyb2eV0ewRIh";
+        for q in [
+            format!("filter={token}"),
+            format!("filter=scimgate%5F{}", &token[9..]),
+            format!("filter=scimgate%5f{}", &token[9..]),
+            format!("{}=1", token.replace('_', "%5F")),
+        ] {
+            assert_eq!(redacted(&q), "[redacted]", "{q}");
+            assert_eq!(redacted_owned(q.clone()), "[redacted]", "{q}");
+        }
+        assert_eq!(
+            redacted("filter=userName%20eq%20%22a%22"),
+            "filter=userName%20eq%20%22a%22"
+        );
+        assert_eq!(redacted("%zz"), "%zz");
+    }
 }
