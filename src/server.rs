@@ -158,7 +158,8 @@ pub async fn run_shard(
             let conn_info = ClientConn::new(
                 remote,
                 local,
-                peer.map(|c| crate::tls::subject(c).map(Into::into)),
+                peer.is_some(),
+                peer.and_then(|c| crate::tls::subject(c)).map(Into::into),
             );
             crate::metrics::METRICS.open_connections.inc();
             let _open = scopeguard(|| {

@@ -57,6 +57,23 @@ pub fn add_token(
     secret
 }
 
+/// Every concatenation of up to `max` of `pieces` (the empty one included), sorted and
+/// deduplicated: inputs for checking a fast path against the general one exhaustively.
+pub fn concatenations(pieces: &[&str], max: usize) -> Vec<String> {
+    let mut all = vec![String::new()];
+    let mut last = all.clone();
+    for _ in 0..max {
+        last = last
+            .iter()
+            .flat_map(|s| pieces.iter().map(move |p| format!("{s}{p}")))
+            .collect();
+        all.extend(last.iter().cloned());
+    }
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// Loads and compiles the configuration, panicking with its problems.
 pub fn load_policy(config_path: &Path) -> crate::policy::Policy {
     let cfg = config::load(config_path).unwrap_or_else(|p| panic!("{p}"));

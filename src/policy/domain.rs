@@ -244,16 +244,7 @@ mod tests {
     #[test]
     fn the_ascii_fast_path_agrees_with_idna() {
         let alphabet = ["a", "Z", "0", "-", ".", "xn--", "XN--", "x", "ß", "_"];
-        let mut inputs: Vec<String> = vec![String::new()];
-        for _ in 0..5 {
-            let next: Vec<String> = inputs
-                .iter()
-                .flat_map(|s| alphabet.iter().map(move |a| format!("{s}{a}")))
-                .collect();
-            inputs.extend(next);
-        }
-        inputs.sort();
-        inputs.dedup();
+        let mut inputs = crate::test_util::concatenations(&alphabet, 5);
         inputs.extend(
             [
                 "ACME.COM.",

@@ -110,17 +110,9 @@ fn normalize_by_segments(raw: &str) -> Result<String, RouteError> {
 #[test]
 fn normalize_path_fast_path_agrees_with_the_segment_walk() {
     let pieces = ["/", "a", ".", "..", "%41", "%2e", "%7e", "%20", "b", "//"];
-    let mut inputs: Vec<String> = vec!["/".into()];
-    for _ in 0..5 {
-        let next: Vec<String> = inputs
-            .iter()
-            .flat_map(|s| pieces.iter().map(move |p| format!("{s}{p}")))
-            .collect();
-        inputs.extend(next);
-    }
-    inputs.sort();
-    inputs.dedup();
-    for raw in &inputs {
+    let inputs = crate::test_util::concatenations(&pieces, 5);
+    for raw in inputs.iter().map(|s| format!("/{s}")) {
+        let raw = raw.as_str();
         // Appending "/./" forces the segment walk without changing the normal form.
         assert_eq!(
             normalize_path(raw).ok(),

@@ -71,13 +71,14 @@ impl ClientConn {
     pub fn new(
         remote: SocketAddr,
         local: SocketAddr,
-        client_cert_subject: Option<Option<Arc<str>>>,
+        client_cert: bool,
+        client_cert_subject: Option<Arc<str>>,
     ) -> Self {
         ClientConn {
             remote,
             local,
-            client_cert: client_cert_subject.is_some(),
-            client_cert_subject: client_cert_subject.flatten(),
+            client_cert,
+            client_cert_subject,
             forwarded_for: http::HeaderValue::try_from(remote.ip().to_string()).ok(),
         }
     }

@@ -1764,6 +1764,7 @@ fn upstream_headers_keep_only_what_the_backend_may_see() {
     let conn = ClientConn::new(
         "192.0.2.7:5000".parse().unwrap(),
         "127.0.0.1:8443".parse().unwrap(),
+        false,
         None,
     );
     let credential = HeaderValue::from_static(CREDENTIAL);
