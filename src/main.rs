@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     no_transparent_huge_pages();
-    scimgate::memory::purge_soon();
+    scimgate::memory::set_purge_delay();
     scimgate::cli::main()
 }
 
