@@ -15,6 +15,9 @@ pub fn normalize_domain(raw: &str) -> Option<Cow<'_, str>> {
     if raw.is_empty() || raw.len() > 253 {
         return None;
     }
+    if let Some(verdict) = lower_case_host(raw) {
+        return verdict.map(Cow::Borrowed);
+    }
     let ascii: Cow<'_, str> = if plain_ascii_host(raw) {
         // UTS #46 maps such a name to its lower case and nothing else: skip the IDNA machinery.
         if raw.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -52,6 +55,32 @@ pub fn normalize_domain(raw: &str) -> Option<Cow<'_, str>> {
     Some(ascii)
 }
 
+/// The common case in one pass: a name of lower-case letters, digits, hyphens and dots with
+/// no Punycode label, which normalises to itself (less one trailing dot) when every label is
+/// valid. `None` when the full path must decide (upper case, any other character, `xn--`).
+fn lower_case_host(raw: &str) -> Option<Option<&str>> {
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    let b = name.as_bytes();
+    let mut valid = true;
+    let mut start = 0;
+    for i in 0..=b.len() {
+        if i < b.len() && b[i] != b'.' {
+            if !(b[i].is_ascii_lowercase() || b[i].is_ascii_digit() || b[i] == b'-') {
+                return None;
+            }
+            continue;
+        }
+        let label = &b[start..i];
+        if label.starts_with(b"xn--") {
+            return None;
+        }
+        valid &= label.len() <= 63
+            && matches!((label.first(), label.last()), (Some(f), Some(l)) if *f != b'-' && *l != b'-');
+        start = i + 1;
+    }
+    Some(valid.then_some(name))
+}
+
 /// Letters, digits, hyphens and dots only, and no label in Punycode (`xn--`, which IDNA
 /// decodes and validates): a name IDNA would only lower-case.
 fn plain_ascii_host(raw: &str) -> bool {
@@ -76,17 +105,35 @@ pub fn email_domain(value: &str) -> Option<Cow<'_, str>> {
     if local.is_empty() || local.len() > 64 || domain.is_empty() {
         return None;
     }
-    let forbidden = |c: char| {
-        c.is_whitespace()
-            || c.is_control()
-            || matches!(c, ',' | ';' | '<' | '>' | '(' | ')' | '[' | ']' | '\\' | '"')
-            || c == '\u{FF20}' // full-width commercial at
-            || c == '\u{FE6B}' // small commercial at
+    let refused = if value.is_ascii() {
+        value.bytes().any(forbidden_ascii)
+    } else {
+        value.chars().any(forbidden)
     };
-    if value.chars().any(forbidden) {
+    if refused {
         return None;
     }
     normalize_domain(domain)
+}
+
+/// The characters [`email_domain`] refuses anywhere in an address.
+fn forbidden(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, ',' | ';' | '<' | '>' | '(' | ')' | '[' | ']' | '\\' | '"')
+        || c == '\u{FF20}' // full-width commercial at
+        || c == '\u{FE6B}' // small commercial at
+}
+
+/// The characters [`email_domain`] refuses, for ASCII text: controls, space and the
+/// separators (the same as its `char` test, byte by byte; a test compares the two).
+fn forbidden_ascii(b: u8) -> bool {
+    b <= b' '
+        || b == 0x7f
+        || matches!(
+            b,
+            b',' | b';' | b'<' | b'>' | b'(' | b')' | b'[' | b']' | b'\\' | b'"'
+        )
 }
 
 /// One entry of a `domains:` list.
@@ -318,6 +365,13 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(email_domain(input).as_deref(), *want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn the_ascii_refusal_agrees_with_the_char_refusal() {
+        for b in 0..=0x7f_u8 {
+            assert_eq!(forbidden_ascii(b), forbidden(char::from(b)), "{b:#04x}");
         }
     }
 
