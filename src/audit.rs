@@ -284,7 +284,7 @@ impl Chain {
                 match self.out.write_line(&bytes) {
                     Ok(()) => {
                         crate::metrics::METRICS.audit_records.inc();
-                        self.prev = hex::encode(Sha256::digest(&bytes));
+                        set_hex(&mut self.prev, &Sha256::digest(&bytes));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot write the audit log"),
                 }
@@ -300,6 +300,17 @@ impl Chain {
             (false, true) => Drained::Closed,
             (false, false) => Drained::Empty,
         }
+    }
+}
+
+/// `out` becomes `digest` in lower-case hex, in place (`hex::encode` builds a new `String`
+/// char by char, once per record).
+fn set_hex(out: &mut String, digest: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.clear();
+    for b in digest {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -377,6 +388,14 @@ mod tests {
         #[serde(flatten)]
         record: &'a Record,
         prev: &'a str,
+    }
+
+    #[test]
+    fn set_hex_writes_what_hex_encode_writes() {
+        let digest = Sha256::digest(b"scimgate");
+        let mut out = "stale".to_owned();
+        set_hex(&mut out, &digest);
+        assert_eq!(out, hex::encode(digest));
     }
 
     #[test]
