@@ -29,7 +29,7 @@ thread_local! {
     static IN_SITE: Cell<bool> = const { Cell::new(false) };
 }
 
-static mut SITE_LOG: Option<Vec<std::backtrace::Backtrace>> = None;
+static mut SITE_LOG: Option<Vec<(std::backtrace::Backtrace, usize)>> = None;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -48,7 +48,7 @@ impl Counting {
                     // `take_sites`, never at the same time.
                     #[allow(static_mut_refs)]
                     unsafe {
-                        SITE_LOG.get_or_insert_with(Vec::new).push(bt)
+                        SITE_LOG.get_or_insert_with(Vec::new).push((bt, size))
                     };
                     c.set(true);
                     IN_SITE.with(|s| s.set(false));
@@ -87,7 +87,7 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, u64, u64) {
     (out, COUNT.with(Cell::get), BYTES.with(Cell::get))
 }
 
-fn take_sites() -> Vec<std::backtrace::Backtrace> {
+fn take_sites() -> Vec<(std::backtrace::Backtrace, usize)> {
     #[allow(static_mut_refs)]
     // SAFETY: see `note`; counting is off here.
     unsafe {
@@ -295,14 +295,16 @@ fn main() {
                 counted(|| one(req));
             }
             SITES.with(|s| s.set(false));
-            let mut by: HashMap<String, u64> = HashMap::new();
-            for bt in take_sites() {
-                *by.entry(site_key(&bt)).or_default() += 1;
+            let mut by: HashMap<String, (u64, u64)> = HashMap::new();
+            for (bt, size) in take_sites() {
+                let e = by.entry(site_key(&bt)).or_default();
+                e.0 += 1;
+                e.1 += size as u64;
             }
             let mut by: Vec<_> = by.into_iter().collect();
             by.sort_by_key(|b| std::cmp::Reverse(b.1));
-            for (site, c) in by {
-                println!("    {:5.1}  {site}", c as f64 / k as f64);
+            for (site, (c, bytes)) in by {
+                println!("    {:5.1} {:6}  {site}", c as f64 / k as f64, bytes / k);
             }
         }
     }

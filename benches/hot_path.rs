@@ -143,6 +143,18 @@ fn inspection(c: &mut Criterion) {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&bytes)).unwrap())
         });
     }
+    // The user the load benchmark's backend returns: short strings, as real users have.
+    let realistic = include_bytes!("load/user.json");
+    g.bench_function(BenchmarkId::new("scan_and_judge", "load_user"), |b| {
+        b.iter(|| {
+            let a = scan_user_addresses(black_box(realistic)).unwrap();
+            policy.judge(&a).unwrap();
+        })
+    });
+    g.bench_function(
+        BenchmarkId::new("baseline_serde_json_parse", "load_user"),
+        |b| b.iter(|| serde_json::from_slice::<Value>(black_box(realistic)).unwrap()),
+    );
     g.finish();
 
     let list: Vec<Value> = (0..100)
