@@ -168,17 +168,26 @@ impl RateSlot {
 
     /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
     pub fn policy_header(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.name,
-            self.rate.burst,
-            window_secs(self.rate)
-        )
+        let mut s = String::with_capacity(32);
+        s.push('"');
+        s.push_str(self.name);
+        s.push_str("\";q=");
+        s.push_str(itoa::Buffer::new().format(self.rate.burst));
+        s.push_str(";w=");
+        s.push_str(itoa::Buffer::new().format(window_secs(self.rate)));
+        s
     }
 
     /// `RateLimit`: remaining quota and seconds until it is whole again.
     pub fn status_header(&self, remaining: u32, reset: u64) -> String {
-        format!("\"{}\";r={};t={}", self.name, remaining, reset)
+        let mut s = String::with_capacity(32);
+        s.push('"');
+        s.push_str(self.name);
+        s.push_str("\";r=");
+        s.push_str(itoa::Buffer::new().format(remaining));
+        s.push_str(";t=");
+        s.push_str(itoa::Buffer::new().format(reset));
+        s
     }
 
     /// Seconds until `remaining` is back to the full burst.

@@ -163,7 +163,15 @@ impl JsonLine {
     /// A string field, escaped as JSON.
     pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
         self.key(key);
-        let _ = serde_json::to_writer(&mut self.buf, value);
+        // serde_json escapes only quotes, backslashes and control characters: text without
+        // them is written as it is, without its byte-by-byte escaping loop.
+        if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            let _ = serde_json::to_writer(&mut self.buf, value);
+        } else {
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(value.as_bytes());
+            self.buf.push(b'"');
+        }
         self
     }
 
@@ -178,7 +186,8 @@ impl JsonLine {
     /// A number field.
     pub fn num(&mut self, key: &'static str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         self
     }
 
@@ -275,6 +284,27 @@ mod tests {
                 .len()
         };
         assert_eq!(ts(&ours), ts(&theirs), "timestamps of the same precision");
+    }
+
+    /// Text written as it is reads exactly as serde_json's escaping writes it: every byte
+    /// value alone, next to plain text, and some non-ASCII.
+    #[test]
+    fn plain_strings_are_written_as_serde_json_writes_them() {
+        let mut texts: Vec<String> = (0..=0x7f_u8)
+            .map(|b| format!("a{}b", char::from(b)))
+            .collect();
+        texts
+            .extend(["", "plain", "\u{e9}\u{2028}\u{7f}", "/acme/scim/v2/Users"].map(String::from));
+        for text in &texts {
+            let mut line = JsonLine { buf: Vec::new() };
+            line.str("k", text);
+            let mut expected = b",\"k\":".to_vec();
+            serde_json::to_writer(&mut expected, text).unwrap();
+            assert_eq!(line.buf, expected, "{text:?}");
+        }
+        let mut line = JsonLine { buf: Vec::new() };
+        line.num("n", u64::MAX);
+        assert_eq!(line.buf, format!(",\"n\":{}", u64::MAX).into_bytes());
     }
 
     #[test]

@@ -28,12 +28,7 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
     }
     let decoded = decode_path(raw)?;
     // Most paths are already normal: one copy, no segment list.
-    let normal = &*decoded == "/"
-        || (!decoded.ends_with('/')
-            && decoded[1..]
-                .split('/')
-                .all(|s| !s.is_empty() && s != "." && s != ".."));
-    if normal {
+    if is_normal(&decoded) {
         return Ok(decoded.into_owned());
     }
     let mut out: Vec<&str> = Vec::with_capacity(8);
@@ -55,6 +50,25 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// Whether a decoded path (starting with `/`) is already normal: `/` alone, or segments that
+/// are neither empty (no `//`, no trailing slash) nor `.` nor `..`. One pass over the bytes.
+fn is_normal(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b == b"/" {
+        return true;
+    }
+    let mut start = 1;
+    for i in 1..=b.len() {
+        if i == b.len() || b[i] == b'/' {
+            if matches!(&b[start..i], b"" | b"." | b"..") {
+                return false;
+            }
+            start = i + 1;
+        }
+    }
+    true
 }
 
 /// Checks every byte and decodes the percent-escapes of unreserved characters (upper-casing the
