@@ -163,15 +163,7 @@ impl JsonLine {
     /// A string field, escaped as JSON.
     pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
         self.key(key);
-        // serde_json escapes only quotes, backslashes and control characters: text without
-        // them is written as it is, without its byte-by-byte escaping loop.
-        if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-            let _ = serde_json::to_writer(&mut self.buf, value);
-        } else {
-            self.buf.push(b'"');
-            self.buf.extend_from_slice(value.as_bytes());
-            self.buf.push(b'"');
-        }
+        write_json_str(&mut self.buf, value);
         self
     }
 
@@ -204,6 +196,19 @@ impl JsonLine {
         self.str("target", target);
         self.buf.extend_from_slice(b"}\n");
         self.buf
+    }
+}
+
+/// Appends `value` as a JSON string, byte for byte as serde_json writes it. serde_json escapes
+/// only quotes, backslashes and control characters: text without them is copied as it is,
+/// without serde_json's byte-by-byte escaping loop.
+pub fn write_json_str(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        let _ = serde_json::to_writer(&mut *out, value);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
     }
 }
 
