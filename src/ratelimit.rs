@@ -229,11 +229,11 @@ pub struct Limits {
     /// Subject ids to limiter keys; the same for the life of the process.
     pub keys: KeyHasher,
     auth_failures: Mutex<(AuthFailuresSection, Cache<IpAddr, Arc<AtomicU32>>)>,
-    /// When the last failed authentication was counted, in milliseconds after `started` (0:
-    /// none since the counters were last reset). Counters expire a window after they start,
-    /// so when this is older than a window nobody can be blocked: the common case answers
-    /// without the lock and the cache.
-    last_failure_ms: AtomicU64,
+    /// When an address last failed at or past the limit, in milliseconds after `started` (0:
+    /// never since the counters were last reset). A counter expires a window after its first
+    /// failure, so when this is older than a window nobody can be blocked: every request then
+    /// answers without the lock and the cache, however many requests fail to authenticate.
+    last_block_ms: AtomicU64,
     /// The window of the counters in `auth_failures`, in milliseconds.
     failure_window_ms: AtomicU64,
     started: std::time::Instant,
@@ -259,7 +259,7 @@ impl Default for Limits {
             limiters: Mutex::new(HashMap::new()),
             keys: KeyHasher::default(),
             auth_failures: Mutex::new((d.auth_failures, failure_cache(d.auth_failures))),
-            last_failure_ms: AtomicU64::new(0),
+            last_block_ms: AtomicU64::new(0),
             failure_window_ms: AtomicU64::new(window_ms(d.auth_failures)),
             started: std::time::Instant::now(),
             concurrency: RwLock::new(HashMap::new()),
@@ -339,7 +339,7 @@ impl Limits {
                 *af = (cfg.auth_failures, failure_cache(cfg.auth_failures));
                 self.failure_window_ms
                     .store(window_ms(cfg.auth_failures), Ordering::Relaxed);
-                self.last_failure_ms.store(0, Ordering::Relaxed);
+                self.last_block_ms.store(0, Ordering::Relaxed);
             }
         }
         // Requests already in flight keep counting against the new bound.
@@ -349,7 +349,7 @@ impl Limits {
 
     /// Whether `ip` has used up its failed authentications.
     pub fn auth_blocked(&self, ip: IpAddr) -> bool {
-        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        let last = self.last_block_ms.load(Ordering::Relaxed);
         let window = self.failure_window_ms.load(Ordering::Relaxed);
         if last == 0 || self.now_ms() > last.saturating_add(window) {
             return false;
@@ -372,9 +372,14 @@ impl Limits {
         };
         let c =
             af.1.get_with(client_key(ip), || Arc::new(AtomicU32::new(0)));
-        self.last_failure_ms
-            .store(self.now_ms().max(1), Ordering::Relaxed);
-        c.fetch_add(1, Ordering::Relaxed) + 1 == af.0.max
+        let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= af.0.max {
+            // Every failure at or past the limit, not only the crossing: its address stays
+            // blocked until its counter expires, at most a window after this.
+            self.last_block_ms
+                .store(self.now_ms().max(1), Ordering::Relaxed);
+        }
+        n == af.0.max
     }
 
     /// A slot in the total in-flight bound and one in the token's, or why not. Counters, not
@@ -531,6 +536,30 @@ mod tests {
         assert!(limits.auth_failed(ip));
         assert!(limits.auth_blocked(ip));
         assert!(!limits.auth_blocked(other));
+        // Failures below the limit elsewhere leave the lock-free answer in place...
+        assert!(!limits.auth_failed(other));
+        assert!(!limits.auth_blocked(other));
+        // ...and a block is seen however it was reached.
+        assert!(!limits.auth_failed(ip));
+        assert!(limits.auth_blocked(ip));
+    }
+
+    #[test]
+    fn failures_below_the_limit_keep_the_lock_free_answer() {
+        let limits = Limits::default();
+        limits.configure(&RateLimitsSection {
+            auth_failures: AuthFailuresSection {
+                max: 3,
+                window: crate::config::HumanDuration(Duration::from_secs(60)),
+            },
+            ..RateLimitsSection::default()
+        });
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(!limits.auth_failed(ip));
+        assert!(!limits.auth_failed(ip));
+        assert_eq!(limits.last_block_ms.load(Ordering::Relaxed), 0);
+        assert!(limits.auth_failed(ip));
+        assert_ne!(limits.last_block_ms.load(Ordering::Relaxed), 0);
     }
 
     #[test]
