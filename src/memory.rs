@@ -11,11 +11,12 @@
 //! [`Bulk`] returns everything at once.
 //!
 //! The delay, measured (`benches/scale.sh`, and page faults per GET under `benches/load.sh`'s
-//! load): 10 ms costs 0.21 faults and 0.02 `madvise` calls per request, about 1.7 µs of CPU
-//! more than 100 ms (0.05 faults); 250 ms and more keep 3 MiB more resident at rest (31 MiB
-//! with 100,000 tokens and 1,000 idle connections, over the 30 MB target), 100 ms the same as
-//! 10 ms (27.3 MiB).
-//!
+//! load): 10 ms costs 0.21 page faults and 0.02 `madvise` calls per request; 100 ms cuts that
+//! to 0.05 faults and about 1.7 µs of CPU per GET, but then 3 of 5 scale runs kept 3.6 MiB
+//! more resident at rest (31 MiB with 100,000 tokens and 1,000 idle connections, over the
+//! 30 MB target), and a second did so every time. 10 ms gave 27.0–27.4 MiB in every run, so it
+//! stays until that is understood.
+
 //! Harmless when mimalloc is not the global allocator (tests, benchmarks): the calls then only
 //! touch mimalloc's own empty heaps.
 
@@ -25,10 +26,10 @@ use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
 /// in milliseconds.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// How long a freed page stays with the process before it goes back: long enough that most
-/// pages freed and reused under steady load are not purged and faulted in again, short enough
-/// that memory at rest stays at its floor (see the module documentation for the numbers).
-pub const PURGE_DELAY_MS: i64 = 100;
+/// How long a freed page stays with the process before it goes back: long enough that pages
+/// freed and reused within a request or two are not purged and faulted in again, short enough
+/// that memory at rest reliably gets back to its floor (see the module documentation).
+pub const PURGE_DELAY_MS: i64 = 10;
 
 /// How often the serving process purges what has expired, whether or not requests come.
 pub const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
