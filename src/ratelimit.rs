@@ -520,14 +520,7 @@ mod tests {
 
     #[test]
     fn failed_authentications_block_an_address_after_the_limit() {
-        let limits = Limits::default();
-        limits.configure(&RateLimitsSection {
-            auth_failures: AuthFailuresSection {
-                max: 3,
-                window: crate::config::HumanDuration(Duration::from_secs(60)),
-            },
-            ..RateLimitsSection::default()
-        });
+        let limits = three_failures_a_minute();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(!limits.auth_failed(ip));
@@ -536,16 +529,10 @@ mod tests {
         assert!(limits.auth_failed(ip));
         assert!(limits.auth_blocked(ip));
         assert!(!limits.auth_blocked(other));
-        // Failures below the limit elsewhere leave the lock-free answer in place...
-        assert!(!limits.auth_failed(other));
-        assert!(!limits.auth_blocked(other));
-        // ...and a block is seen however it was reached.
-        assert!(!limits.auth_failed(ip));
-        assert!(limits.auth_blocked(ip));
     }
 
-    #[test]
-    fn failures_below_the_limit_keep_the_lock_free_answer() {
+    /// Limits that block an address after three failed authentications within a minute.
+    fn three_failures_a_minute() -> Limits {
         let limits = Limits::default();
         limits.configure(&RateLimitsSection {
             auth_failures: AuthFailuresSection {
@@ -554,12 +541,21 @@ mod tests {
             },
             ..RateLimitsSection::default()
         });
+        limits
+    }
+
+    #[test]
+    fn failures_below_the_limit_keep_the_lock_free_answer() {
+        let limits = three_failures_a_minute();
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         assert!(!limits.auth_failed(ip));
         assert!(!limits.auth_failed(ip));
         assert_eq!(limits.last_block_ms.load(Ordering::Relaxed), 0);
         assert!(limits.auth_failed(ip));
         assert_ne!(limits.last_block_ms.load(Ordering::Relaxed), 0);
+        // Failures past the limit keep it set: the block is seen however it was reached.
+        assert!(!limits.auth_failed(ip));
+        assert!(limits.auth_blocked(ip));
     }
 
     #[test]

@@ -18,25 +18,16 @@ pub fn normalize_domain(raw: &str) -> Option<Cow<'_, str>> {
     if let Some(verdict) = lower_case_host(raw) {
         return verdict.map(Cow::Borrowed);
     }
-    let ascii: Cow<'_, str> = if plain_ascii_host(raw) {
+    // Past the one-pass check, the name needs mapping: lower-casing or IDNA.
+    let mut ascii = if plain_ascii_host(raw) {
         // UTS #46 maps such a name to its lower case and nothing else: skip the IDNA machinery.
-        if raw.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(raw.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(raw)
-        }
+        raw.to_ascii_lowercase()
     } else {
-        Cow::Owned(idna::domain_to_ascii(raw).ok()?)
+        idna::domain_to_ascii(raw).ok()?
     };
-    let ascii = match ascii {
-        Cow::Borrowed(b) => Cow::Borrowed(b.strip_suffix('.').unwrap_or(b)),
-        Cow::Owned(mut o) => {
-            if o.ends_with('.') {
-                o.pop();
-            }
-            Cow::Owned(o)
-        }
-    };
+    if ascii.ends_with('.') {
+        ascii.pop();
+    }
     if ascii.is_empty() || ascii.len() > 253 {
         return None;
     }
@@ -52,7 +43,7 @@ pub fn normalize_domain(raw: &str) -> Option<Cow<'_, str>> {
             return None;
         }
     }
-    Some(ascii)
+    Some(Cow::Owned(ascii))
 }
 
 /// The common case in one pass: a name of lower-case letters, digits, hyphens and dots with
