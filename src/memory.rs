@@ -10,37 +10,51 @@
 //! quiet gateway gives back what it freed within about a second. After a token file is parsed,
 //! [`Bulk`] returns everything at once.
 //!
-//! The delay, measured (`benches/scale.sh`, and page faults per GET under `benches/load.sh`'s
-//! load): 10 ms costs 0.21 page faults and 0.02 `madvise` calls per request; 100 ms cuts that
-//! to 0.05 faults and about 1.7 µs of CPU per GET, but then 3 of 5 scale runs kept 3.6 MiB
-//! more resident at rest (31 MiB with 100,000 tokens and 1,000 idle connections, over the
-//! 30 MB target), and a second did so every time. 10 ms gave 27.0–27.4 MiB in every run, so it
-//! stays until that is understood.
+//! The delay, measured (interleaved GET runs under `benches/load.sh`'s load, and
+//! `benches/scale.sh`): 10 ms cost 0.21 page faults per request; 100 ms or 1 s save about
+//! 1 µs of CPU per GET (three rounds of 10 ms / 100 ms / 1 s: 47.6 / 46.6 / 46.3 µs).
+//! But pages freed while a long delay was pending were not all returned by the forced
+//! collection afterwards: a gateway that had just parsed 100,000 tokens kept 3.7 MiB
+//! (100 ms, some runs) to 6.4 MiB (1 s, every run) more at rest. So [`Bulk`] work (a token
+//! file's parse, a reload, an old policy's release) runs with delay 0, which purges each page
+//! as it empties, and restores the serving delay when it ends. With that, 100 ms gives
+//! 15.0–15.2 MiB after start-up, 27.0–27.2 MiB with 1,000 idle connections and 28.1–28.3 MiB
+//! after three reloads, lower than 10 ms did on every reading.
 
 //! Harmless when mimalloc is not the global allocator (tests, benchmarks): the calls then only
 //! touch mimalloc's own empty heaps.
 
 use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// mimalloc's `purge_delay` option (`mi_option_purge_delay` in mimalloc.h, v2 and v3 alike),
 /// in milliseconds.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// How long a freed page stays with the process before it goes back: long enough that pages
-/// freed and reused within a request or two are not purged and faulted in again, short enough
-/// that memory at rest reliably gets back to its floor (see the module documentation).
-pub const PURGE_DELAY_MS: i64 = 10;
+/// How long a freed page stays with the process before it goes back while serving: long enough
+/// that pages freed and reused under load are not purged and faulted in again over and over.
+/// [`Bulk`] work runs with 0 instead (see the module documentation).
+pub const PURGE_DELAY_MS: i64 = 100;
 
 /// How often the serving process purges what has expired, whether or not requests come.
 pub const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Whether the operator chose the delay (`MIMALLOC_PURGE_DELAY`): then it is never changed.
+fn operator_delay() -> bool {
+    std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+}
+
 /// Sets the purge delay to [`PURGE_DELAY_MS`]. `MIMALLOC_PURGE_DELAY` in the environment, when
 /// set, decides instead.
 pub fn set_purge_delay() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets an integer option; mimalloc reads options atomically at any time.
-        unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS as _) };
+    if !operator_delay() {
+        set_delay(PURGE_DELAY_MS);
     }
+}
+
+fn set_delay(ms: i64) {
+    // SAFETY: sets an integer option; mimalloc reads options atomically at any time.
+    unsafe { mi_option_set(PURGE_DELAY, ms as _) };
 }
 
 /// Hands the calling thread's empty pages back and purges every freed page now, expired or
@@ -52,20 +66,32 @@ pub fn collect_expired() {
     unsafe { mi_collect(true) }
 }
 
-/// Held while a token file is read, compiled and its parsed form dropped; on drop, everything
-/// freed goes back to the system at once instead of over the next second.
+/// Held while a token file is read, compiled and its parsed form dropped: meanwhile freed pages
+/// go back at once (purge delay 0), and on drop everything still free goes back and the serving
+/// delay is restored. Pages freed with a long delay pending were not all returned by a later
+/// forced collection (see the module documentation), and bulk work frees tens of megabytes.
 #[must_use = "the memory is returned when the guard drops"]
 pub struct Bulk(());
 
+/// Bulk guards alive: the delay is lowered by the first and restored by the last.
+static BULK: AtomicUsize = AtomicUsize::new(0);
+
 impl Bulk {
     pub fn begin() -> Bulk {
+        if BULK.fetch_add(1, Ordering::AcqRel) == 0 && !operator_delay() {
+            set_delay(0);
+        }
         Bulk(())
     }
 }
 
 impl Drop for Bulk {
     fn drop(&mut self) {
+        // Collected while the delay is still 0, so the pages freed now go back at once too.
         release_freed();
+        if BULK.fetch_sub(1, Ordering::AcqRel) == 1 && !operator_delay() {
+            set_delay(PURGE_DELAY_MS);
+        }
     }
 }
 
@@ -87,14 +113,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_purge_delay_is_ours_unless_the_operator_set_one() {
+    fn the_purge_delay_is_ours_and_zero_during_bulk_work_unless_the_operator_set_one() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
             return; // the operator's setting wins; nothing of ours to check
         }
         set_purge_delay();
         assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
-        drop(Bulk::begin());
         collect_expired();
+        assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
+        // Bulk work purges at once until the last guard ends (one test: the option is global).
+        let outer = Bulk::begin();
+        assert_eq!(purge_delay_ms(), 0);
+        let inner = Bulk::begin();
+        drop(inner);
+        assert_eq!(purge_delay_ms(), 0, "another bulk guard is still alive");
+        drop(outer);
         assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
     }
 }

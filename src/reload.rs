@@ -298,8 +298,8 @@ fn release(old: Arc<Policy>) {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            let _bulk = crate::memory::Bulk::begin();
             drop(old);
-            crate::memory::release_freed();
         });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "cannot start a thread to free the old policy");
