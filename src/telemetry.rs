@@ -203,13 +203,23 @@ impl JsonLine {
 /// only quotes, backslashes and control characters: text without them is copied as it is,
 /// without serde_json's byte-by-byte escaping loop.
 pub fn write_json_str(out: &mut Vec<u8>, value: &str) {
-    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(value.as_bytes()) {
         let _ = serde_json::to_writer(&mut *out, value);
     } else {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');
     }
+}
+
+/// Whether serde_json would escape any byte of `s`. Checked 16 bytes at a time without an early
+/// exit inside a block, which the compiler turns into vector compares.
+fn needs_escape(s: &[u8]) -> bool {
+    s.chunks(16).any(|block| {
+        block.iter().fold(false, |hit, &b| {
+            hit | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    })
 }
 
 /// Installs the JSON subscriber once; later calls are no-ops. Keep the returned guard alive
@@ -300,6 +310,15 @@ mod tests {
             .collect();
         texts
             .extend(["", "plain", "\u{e9}\u{2028}\u{7f}", "/acme/scim/v2/Users"].map(String::from));
+        // Every byte that needs escaping, at every position of a string spanning three of
+        // `needs_escape`'s 16-byte blocks.
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+            for at in 0..40 {
+                let mut text = "x".repeat(40);
+                text.replace_range(at..=at, &special.to_string());
+                texts.push(text);
+            }
+        }
         for text in &texts {
             let mut line = JsonLine { buf: Vec::new() };
             line.str("k", text);
