@@ -151,6 +151,21 @@ fn inspection(c: &mut Criterion) {
             policy.judge(&a).unwrap();
         })
     });
+    // The body the load benchmark POSTs: what a create is parsed and judged from.
+    let create = include_bytes!("load/create-user.json");
+    g.bench_function(
+        BenchmarkId::new("strict_parse_and_judge", "create_user"),
+        |b| {
+            b.iter(|| {
+                let v = parse_strict(black_box(create), MAX_DEPTH).unwrap();
+                policy.judge_user(&v).unwrap();
+            })
+        },
+    );
+    g.bench_function(
+        BenchmarkId::new("baseline_serde_json_parse", "create_user"),
+        |b| b.iter(|| serde_json::from_slice::<Value>(black_box(create)).unwrap()),
+    );
     g.bench_function(
         BenchmarkId::new("baseline_serde_json_parse", "load_user"),
         |b| b.iter(|| serde_json::from_slice::<Value>(black_box(realistic)).unwrap()),
