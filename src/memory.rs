@@ -7,8 +7,8 @@
 //! fresh page faults over and over under load: about a tenth of the gateway's CPU per request.
 //! So freed pages are purged after [`PURGE_DELAY_MS`] ([`set_purge_delay`]), and every runtime
 //! thread of the serving process force-collects once a second ([`collect_expired`]), so that a
-//! quiet gateway gives back what it freed within about a second. After a token file is parsed,
-//! [`Bulk`] returns everything at once.
+//! quiet gateway gives back what traffic freed (3 s after a load run, RSS read the same, 12 MiB,
+//! with a 10 ms, 100 ms or 1 s delay). [`Bulk`] work purges as it goes (below).
 //!
 //! The delay, measured (interleaved GET runs under `benches/load.sh`'s load, and
 //! `benches/scale.sh`): 10 ms cost 0.21 page faults per request; 100 ms or 1 s save about
