@@ -25,7 +25,11 @@
 # PROXY_WORKERS (nginx workers / HAProxy threads, default: nproc), BACKEND_WORKERS (default 1),
 # ACCESS_LOGS (on|off, default on: every proxy writes one access-log line per request to a file,
 # as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory),
-# TARGETS and SCENARIOS (space-separated subsets, e.g. TARGETS="nginx scimgate" SCENARIOS=get).
+# TARGETS and SCENARIOS (space-separated subsets, e.g. TARGETS="nginx scimgate" SCENARIOS=get),
+# PGO=1 (measure target/pgo/release/scimgate, the profile-guided build of scripts/build-pgo,
+# built first when missing or older than the sources; the report goes to latest-pgo.md),
+# SCIMGATE_BIN (measure this scimgate binary as it is; scripts/build-pgo trains with it) and
+# RESULTS_DIR (where the reports go, default benches/results).
 #
 # INSTRUCTIONS=1 runs bare and scimgate under valgrind's callgrind instead and reports the
 # instructions each executes per request (counted only while wrk measures): unlike time, the
@@ -38,9 +42,13 @@ shopt -u patsub_replacement 2>/dev/null || true # '&' in a ${x//a/b} replacement
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOAD_DIR=$ROOT/benches/load
-RESULTS_DIR=$ROOT/benches/results
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/benches/results}
 BIN=$ROOT/target/release/scimgate
 BARE_BIN=$ROOT/target/release/examples/bare_proxy
+PGO=${PGO:-0}
+[[ $PGO == 0 || $PGO == 1 ]] || { printf '[load] error: PGO must be 0 or 1\n' >&2; exit 1; }
+[[ $PGO == 1 ]] && BIN=$ROOT/target/pgo/release/scimgate
+[[ -n ${SCIMGATE_BIN:-} ]] && BIN=$SCIMGATE_BIN
 
 INSTRUCTIONS=${INSTRUCTIONS:-0}
 if [[ $INSTRUCTIONS == 1 ]]; then
@@ -101,12 +109,20 @@ ensure_tools() {
 }
 
 ensure_binary() {
-    local newer=""
-    if [[ -x $BIN ]]; then
-        newer=$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$BIN" -print -quit)
+    local stale="" sources=("$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock")
+    if [[ -n ${SCIMGATE_BIN:-} ]]; then
+        [[ -x $BIN ]] || die "SCIMGATE_BIN=$BIN is not an executable"
+    elif [[ $PGO == 1 ]]; then
+        if [[ ! -x $BIN || -n $(find "${sources[@]}" -newer "$BIN" -print -quit) ]]; then
+            log "building the profile-guided scimgate (scripts/build-pgo)"
+            "$ROOT/scripts/build-pgo" >&2 || die "scripts/build-pgo failed"
+        fi
+    elif [[ ! -x $BIN || -n $(find "${sources[@]}" -newer "$BIN" -print -quit) ]]; then
+        stale=yes
     fi
-    [[ -x $BARE_BIN && -z $(find "$ROOT/benches/load/bare_proxy.rs" -newer "$BARE_BIN" -print -quit) ]] || newer=yes
-    if [[ ! -x $BIN || -n $newer ]]; then
+    # The bare_proxy floor (started whatever TARGETS says) is always the plain release build.
+    [[ -x $BARE_BIN && -z $(find "$ROOT/benches/load/bare_proxy.rs" "${sources[@]}" -newer "$BARE_BIN" -print -quit) ]] || stale=yes
+    if [[ -n $stale ]]; then
         log "building target/release/scimgate and the bare_proxy floor (cargo build --release)"
         (cd "$ROOT" && cargo build --release --quiet --bin scimgate --example bare_proxy) ||
             die "cargo build --release failed"
@@ -591,6 +607,7 @@ kind=load
 report=$RESULTS_DIR/$kind-$stamp.md
 latest=$RESULTS_DIR/latest.md
 [[ $INSTRUCTIONS == 1 ]] && latest=$RESULTS_DIR/instructions-latest.md
+[[ $PGO == 1 ]] && kind+=-pgo && report=$RESULTS_DIR/$kind-$stamp.md && latest=${latest%.md}-pgo.md
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] && rev+=" (with uncommitted changes in src/)"
 
@@ -621,6 +638,7 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "- wrk: $(wrk -v 2>&1 | head -n1 || true)"
     echo "- rustc: $(rustc --version 2>/dev/null || echo unknown)"
     echo "- scimgate: $("$BIN" --version 2>/dev/null || echo scimgate), commit $rev"
+    [[ $PGO == 1 ]] && echo "- scimgate build: profile-guided (\`scripts/build-pgo\`, trained on this benchmark's four scenarios)"
     echo "- TLS as negotiated by openssl s_client: ${ciphers%; }"
     echo
     if [[ $INSTRUCTIONS == 1 ]]; then
