@@ -25,7 +25,7 @@
 //! touch mimalloc's own empty heaps.
 
 use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// mimalloc's `purge_delay` option (`mi_option_purge_delay` in mimalloc.h, v2 and v3 alike),
 /// in milliseconds.
@@ -73,14 +73,29 @@ pub fn collect_expired() {
 #[must_use = "the memory is returned when the guard drops"]
 pub struct Bulk(());
 
-/// Bulk guards alive: the delay is lowered by the first and restored by the last.
-static BULK: AtomicUsize = AtomicUsize::new(0);
+/// Bulk guards alive: the delay is lowered by the first and restored by the last. A lock, not
+/// an atomic, so that a guard ending and another beginning cannot set the delay out of order
+/// (these are rare events: start-up, reloads).
+static BULK: Mutex<usize> = Mutex::new(0);
+
+/// Counts a guard in (`+1`) or out (`-1`), setting the delay when the count leaves or reaches 0.
+fn count_bulk(step: isize) {
+    let mut n = BULK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let before = *n;
+    *n = n.saturating_add_signed(step);
+    if operator_delay() {
+        return;
+    }
+    match (before, *n) {
+        (0, 1) => set_delay(0),
+        (1, 0) => set_delay(PURGE_DELAY_MS),
+        _ => {}
+    }
+}
 
 impl Bulk {
     pub fn begin() -> Bulk {
-        if BULK.fetch_add(1, Ordering::AcqRel) == 0 && !operator_delay() {
-            set_delay(0);
-        }
+        count_bulk(1);
         Bulk(())
     }
 }
@@ -89,9 +104,7 @@ impl Drop for Bulk {
     fn drop(&mut self) {
         // Collected while the delay is still 0, so the pages freed now go back at once too.
         release_freed();
-        if BULK.fetch_sub(1, Ordering::AcqRel) == 1 && !operator_delay() {
-            set_delay(PURGE_DELAY_MS);
-        }
+        count_bulk(-1);
     }
 }
 
