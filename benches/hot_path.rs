@@ -19,9 +19,11 @@ use scimgate::policy::domain::{DomainPattern, DomainSet};
 use scimgate::policy::patch::judge_user_patch;
 use scimgate::policy::route::{classify, normalize_path};
 use scimgate::policy::scope::{authorize, Scope};
-use scimgate::policy::user::{scan_user_addresses, DomainPolicy};
+use scimgate::policy::user::{
+    check_attribute_names, scan_user_addresses, user_write_member, DomainPolicy, USER_ATTRS,
+};
 use scimgate::ratelimit::{check, quota, Keyed};
-use scimgate::scim::json::{parse_strict, MAX_DEPTH};
+use scimgate::scim::json::{parse_strict, parse_strict_keeping, Keep, MAX_DEPTH};
 use scimgate::token::TokenIndex;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -162,6 +164,20 @@ fn inspection(c: &mut Criterion) {
             })
         },
     );
+    // Everything a POST /Users body is judged on: names, addresses. The gateway builds only the
+    // members those decisions read (`selected`); `whole_tree` is what it built before.
+    for (name, keep) in [
+        ("whole_tree", Keep::Whole),
+        ("selected", Keep::Select(user_write_member)),
+    ] {
+        g.bench_function(BenchmarkId::new("create_check", name), |b| {
+            b.iter(|| {
+                let v = parse_strict_keeping(black_box(create), MAX_DEPTH, keep).unwrap();
+                check_attribute_names(&v, USER_ATTRS).unwrap();
+                policy.judge_user(&v).unwrap();
+            })
+        });
+    }
     g.bench_function(
         BenchmarkId::new("baseline_serde_json_parse", "create_user"),
         |b| b.iter(|| serde_json::from_slice::<Value>(black_box(create)).unwrap()),

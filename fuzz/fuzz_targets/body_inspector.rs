@@ -1,23 +1,58 @@
 //! Fuzzes the body inspector: strict JSON parsing, then every decision the gateway makes over a
 //! request body (user judgement, PATCH simulation, group member changes, Bulk parsing, search
 //! queries). It must never panic or hang, and a user it admits must have only admitted addresses.
+//! A User create or replace, which the gateway builds only in part, must be refused and judged
+//! exactly as the whole body.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use scimgate::policy::blast;
 use scimgate::policy::bulk::parse_bulk;
 use scimgate::policy::domain::{DomainPattern, DomainSet};
 use scimgate::policy::patch::{group_member_changes, judge_user_patch};
 use scimgate::policy::query::ScimQuery;
-use scimgate::policy::user::{user_addresses, DomainPolicy};
-use scimgate::scim::json::{parse_strict, MAX_DEPTH};
+use scimgate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
+use scimgate::policy::user::{
+    check_attribute_names, user_addresses, user_write_member, DomainPolicy, USER_ATTRS,
+};
+use scimgate::scim::json::{parse_strict, parse_strict_keeping, Keep, MAX_DEPTH};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(body) = parse_strict(data, MAX_DEPTH) else { return };
+    let kept = parse_strict_keeping(data, MAX_DEPTH, Keep::Select(user_write_member));
+    let body = match (parse_strict(data, MAX_DEPTH), kept) {
+        (Ok(body), Ok(kept)) => {
+            assert_eq!(
+                check_attribute_names(&body, USER_ATTRS),
+                check_attribute_names(&kept, USER_ATTRS)
+            );
+            assert_eq!(user_addresses(&body), user_addresses(&kept));
+            for kind in [OpKind::Create, OpKind::Replace] {
+                let op = Operation {
+                    endpoint: Endpoint::Resource(ResourceType::User),
+                    kind,
+                    id: None,
+                };
+                assert_eq!(
+                    blast::classify(&op, Some(&body)),
+                    blast::classify(&op, Some(&kept))
+                );
+            }
+            body
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a.to_string(), b.to_string());
+            return;
+        }
+        (a, b) => panic!("whole {a:?}, kept {b:?}"),
+    };
     let domains = DomainSet::new(vec![
         DomainPattern::parse("acme.com").unwrap(),
         DomainPattern::parse("*.acme.io").unwrap(),
     ]);
-    let policy = DomainPolicy { domains: &domains, allow_users_without_email: false };
+    let policy = DomainPolicy {
+        domains: &domains,
+        allow_users_without_email: false,
+    };
     if policy.judge_user(&body).is_ok() {
         let a = user_addresses(&body);
         assert!(!a.unreadable && !a.values.is_empty());

@@ -1,5 +1,6 @@
 use super::*;
 
+use crate::policy::blast;
 use crate::policy::bulk::parse_bulk;
 use crate::policy::domain::{DomainPattern, DomainSet};
 use crate::policy::patch::{group_member_changes, judge_user_patch, MemberChanges, PatchDenial};
@@ -11,9 +12,10 @@ use crate::policy::route::{
 };
 use crate::policy::scope::{authorize, required_scope, Scope, ScopeSet};
 use crate::policy::user::{
-    address_projection, scan_user_addresses, user_addresses, AddressAttr, Addresses, DomainPolicy,
-    OutOfScope,
+    address_projection, check_attribute_names, scan_user_addresses, user_addresses,
+    user_write_member, AddressAttr, Addresses, DomainPolicy, OutOfScope, USER_ATTRS,
 };
+use crate::scim::json::{parse_strict, parse_strict_keeping, Keep, MAX_DEPTH};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -671,6 +673,87 @@ fn scanning_the_text_finds_what_the_parsed_user_holds() {
         assert_eq!(got, want, "{doc}");
         assert_eq!(projected, want, "projection of {doc}");
     }
+}
+
+/// A User create or replace is built only as far as [`user_write_member`] keeps it: every
+/// decision over it (names, addresses, deactivation) answers as over the whole body, and the
+/// same bodies are refused with the same error.
+#[test]
+fn user_writes_judge_alike_on_the_kept_members_and_the_whole_body() {
+    let mut docs = user_docs();
+    for active in ["false", "\"false\"", "\"TRUE\"", "0", "null", "true", "{}"] {
+        for name in [
+            "active",
+            "ACTIVE",
+            "urn:ietf:params:scim:schemas:core:2.0:User:active",
+        ] {
+            docs.push(format!(
+                r#"{{"userName": "a@acme.com", "{name}": {active}}}"#
+            ));
+            docs.push(format!(r#"{{"{URN}": {{"{name}": {active}}}}}"#));
+            docs.push(format!(
+                r#"{{"{URN}": {{"{URN}": {{"{name}": {active}}}}}}}"#
+            ));
+        }
+    }
+    // Refused wherever they sit, kept or not.
+    let wide: Vec<String> = (0..20).map(|i| format!("\"k{i}\": {i}")).collect();
+    docs.extend([
+        r#"{"userName": "a@acme.com", "name": {"givenName": "a", "GIVENNAME": "b"}}"#.to_owned(),
+        r#"{"userName": "a@acme.com", "x": [{"a": 1, "a": 2}]}"#.to_owned(),
+        r#"{"userName": "a@acme.com", "x": {"a": 1, "\u0061": 2}}"#.to_owned(),
+        "{\"userName\": \"a@acme.com\", \"x\": {\"\u{17f}\": 1}}".to_owned(),
+        "{\"userName\": \"a@acme.com\", \"x\": \"\\ud800\"}".to_owned(),
+        r#"{"userName": "a@acme.com", "x": 1e999}"#.to_owned(),
+        format!(r#"{{"x": {}1{}}}"#, "[".repeat(40), "]".repeat(40)),
+        format!(r#"{{"x": {{{}, "K19": 0}}}}"#, wide.join(", ")),
+        format!(
+            r#"{{"x": {{{}}}, "userName": "a@acme.com"}}"#,
+            wide.join(", ")
+        ),
+        r#"{"userName": "a@acme.com", "x": "\ud83d\ude00 \" \\"} "#.to_owned(),
+        r#"{"userName": "a@acme.com"} {"#.to_owned(),
+    ]);
+    let keep = Keep::Select(user_write_member);
+    let policy = DomainPolicy {
+        domains: &acme(),
+        allow_users_without_email: false,
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for doc in &docs {
+        let (whole, kept) = match (
+            parse_strict(doc.as_bytes(), MAX_DEPTH),
+            parse_strict_keeping(doc.as_bytes(), MAX_DEPTH, keep),
+        ) {
+            (Ok(w), Ok(k)) => (w, k),
+            (Err(w), Err(k)) => {
+                assert_eq!(w.to_string(), k.to_string(), "{doc}");
+                refused += 1;
+                continue;
+            }
+            (w, k) => panic!("{doc}: whole {w:?}, kept {k:?}"),
+        };
+        accepted += 1;
+        assert_eq!(
+            check_attribute_names(&whole, USER_ATTRS),
+            check_attribute_names(&kept, USER_ATTRS),
+            "{doc}"
+        );
+        assert_eq!(user_addresses(&whole), user_addresses(&kept), "{doc}");
+        assert_eq!(policy.judge_user(&whole), policy.judge_user(&kept), "{doc}");
+        for kind in [OpKind::Create, OpKind::Replace] {
+            let o = op(Endpoint::Resource(ResourceType::User), kind, Some("1"));
+            assert_eq!(
+                blast::classify(&o, Some(&whole)),
+                blast::classify(&o, Some(&kept)),
+                "{kind:?} {doc}"
+            );
+        }
+    }
+    assert!(
+        accepted > 300 && refused == 9,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 /// Members named twice, which a tree keeps one of, make the projection unreadable: it is never

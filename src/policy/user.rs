@@ -8,6 +8,7 @@
 //! object) puts the user out of scope. Pure functions over parsed JSON.
 
 use super::domain::DomainSet;
+use crate::scim::json::Keep;
 use serde_json::{Map, Value};
 
 /// The core User schema URN, which may qualify attribute names.
@@ -474,6 +475,25 @@ impl DomainPolicy<'_> {
     /// Judges a User resource.
     pub fn judge_user(&self, user: &Value) -> Result<(), OutOfScope> {
         self.judge(&user_addresses(user))
+    }
+}
+
+/// What a User create or replace is judged on, for [`crate::scim::json::parse_strict_keeping`]:
+/// every member name ([`check_attribute_names`]), the address attributes
+/// ([`DomainPolicy::judge_user`]) and `active` ([`crate::policy::blast::classify`]) whole, and
+/// the core schema URN's object selected the same way. Other values are checked, not built:
+/// those decisions never read them.
+pub fn user_write_member(name: &str) -> Keep {
+    if is_user_urn(name) {
+        Keep::Select(user_write_member)
+    } else if address_attr(name).is_some()
+        || strip_user_urn(name)
+            .unwrap_or(name)
+            .eq_ignore_ascii_case("active")
+    {
+        Keep::Whole
+    } else {
+        Keep::Omit
     }
 }
 

@@ -21,11 +21,11 @@ use crate::policy::query::{
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
 use crate::policy::user::{
-    check_attribute_names, get_ci, scan_user_addresses, AddressAttr, DomainPolicy, OutOfScope,
-    GROUP_ATTRS, USER_ATTRS,
+    check_attribute_names, get_ci, scan_user_addresses, user_write_member, AddressAttr,
+    DomainPolicy, OutOfScope, GROUP_ATTRS, USER_ATTRS,
 };
 use crate::scim::error::GatewayError;
-use crate::scim::json::{parse_strict, MAX_DEPTH};
+use crate::scim::json::{parse_strict_keeping, Keep, MAX_DEPTH};
 use crate::token::TokenRef;
 use crate::BoxError;
 use bytes::Bytes;
@@ -593,7 +593,7 @@ where
         .into());
     } else {
         Some(
-            parse_strict(req.body(), MAX_DEPTH)
+            parse_strict_keeping(req.body(), MAX_DEPTH, body_keep(&op))
                 .map_err(|e| GatewayError::invalid_syntax(format!("invalid JSON body: {e}")))?,
         )
     };
@@ -784,6 +784,17 @@ where
             Ok(json_response(StatusCode::OK, &v, Some(&parts)))
         }
         _ => ctx.forward(req).await,
+    }
+}
+
+/// What of a request body the gateway builds: a User create or replace is judged on a few of
+/// its members ([`user_write_member`]); anything else is read whole.
+fn body_keep(op: &Operation) -> Keep {
+    match (op.endpoint, op.kind) {
+        (Endpoint::Resource(ResourceType::User), OpKind::Create | OpKind::Replace) => {
+            Keep::Select(user_write_member)
+        }
+        _ => Keep::Whole,
     }
 }
 

@@ -7,17 +7,47 @@
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 
 /// Nesting bound for request bodies. SCIM resources nest three or four levels; Bulk adds two.
 pub const MAX_DEPTH: usize = 32;
 
+/// How much of a value a strict parse builds. Every value is read and checked alike, whatever
+/// is kept of it, so what is refused never depends on the choice.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep {
+    /// The whole value.
+    Whole,
+    /// Nothing: the value is checked, then stands as `null`.
+    Omit,
+    /// For an object: every member name, and of each member's value what the function says for
+    /// its name. Any other value whole.
+    Select(fn(&str) -> Keep),
+}
+
 /// Parses `bytes` as one JSON value, refusing duplicate keys and nesting beyond `max_depth`.
 pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, serde_json::Error> {
+    parse_strict_keeping(bytes, max_depth, Keep::Whole)
+}
+
+/// [`parse_strict`], building only what `keep` asks for: the same bodies are refused, with the
+/// same error. A decision that reads only the kept parts answers as on the whole body, without
+/// the cost of building (and dropping) the rest of its tree.
+pub fn parse_strict_keeping(
+    bytes: &[u8],
+    max_depth: usize,
+    keep: Keep,
+) -> Result<Value, serde_json::Error> {
+    let names = RefCell::new(Vec::new());
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = Strict {
         depth: 0,
         max_depth,
+        keep,
+        names: &names,
     }
     .deserialize(&mut de)?;
     de.end()?;
@@ -25,12 +55,16 @@ pub fn parse_strict(bytes: &[u8], max_depth: usize) -> Result<Value, serde_json:
 }
 
 #[derive(Clone, Copy)]
-struct Strict {
+struct Strict<'s, 'de> {
     depth: usize,
     max_depth: usize,
+    keep: Keep,
+    /// The member names of the objects being read, innermost last: one buffer for the whole
+    /// body, so the duplicate check allocates nothing per object and borrows unescaped names.
+    names: &'s RefCell<Vec<Cow<'de, str>>>,
 }
 
-impl Strict {
+impl Strict<'_, '_> {
     fn deeper<E: serde::de::Error>(self) -> Result<Self, E> {
         if self.depth >= self.max_depth {
             return Err(E::custom(format_args!(
@@ -43,79 +77,159 @@ impl Strict {
             ..self
         })
     }
+
+    fn omit(self) -> bool {
+        matches!(self.keep, Keep::Omit)
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_, 'de> {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+/// A member name, borrowed from the body unless it had to be unescaped.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_, 'de> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+        Ok(if self.omit() {
+            Value::Null
+        } else {
+            Value::Bool(v)
+        })
     }
     fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+        Ok(if self.omit() {
+            Value::Null
+        } else {
+            Value::Number(v.into())
+        })
     }
     fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
+        Ok(if self.omit() {
+            Value::Null
+        } else {
+            Value::Number(v.into())
+        })
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
-        Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("non-finite number"))
+        let n = Number::from_f64(v).ok_or_else(|| E::custom("non-finite number"))?;
+        Ok(if self.omit() {
+            Value::Null
+        } else {
+            Value::Number(n)
+        })
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+        Ok(if self.omit() {
+            Value::Null
+        } else {
+            Value::String(v.to_owned())
+        })
     }
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+        Ok(if self.omit() {
+            Value::Null
+        } else {
+            Value::String(v)
+        })
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let inner = self.deeper()?;
+        let omit = self.omit();
+        let inner = Strict {
+            keep: if omit { Keep::Omit } else { Keep::Whole },
+            ..self.deeper()?
+        };
         let mut out = Vec::new();
         while let Some(v) = seq.next_element_seed(inner)? {
-            out.push(v);
+            if !omit {
+                out.push(v);
+            }
         }
-        Ok(Value::Array(out))
+        Ok(if omit { Value::Null } else { Value::Array(out) })
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.deeper()?;
+        let omit = self.omit();
         let mut out = Map::new();
+        let start = self.names.borrow().len();
         // Small objects (nearly all of SCIM) compare in place; large ones switch to a set.
-        let mut folded: Option<std::collections::HashSet<String>> = None;
-        while let Some(key) = map.next_key::<String>()? {
+        let mut folded: Option<HashSet<String>> = None;
+        while let Some(key) = map.next_key_seed(Name)? {
             if !key.is_ascii() {
                 return Err(A::Error::custom(format_args!("non-ASCII key {key:?}")));
             }
-            let duplicate = match &mut folded {
-                Some(set) => !set.insert(key.to_ascii_lowercase()),
-                None if out.len() < 16 => out.keys().any(|k| k.eq_ignore_ascii_case(&key)),
-                None => {
-                    let mut set: std::collections::HashSet<String> =
-                        out.keys().map(|k| k.to_ascii_lowercase()).collect();
-                    let dup = !set.insert(key.to_ascii_lowercase());
-                    folded = Some(set);
-                    dup
+            let duplicate = {
+                let names = self.names.borrow();
+                let seen = &names[start..];
+                match &mut folded {
+                    Some(set) => !set.insert(key.to_ascii_lowercase()),
+                    None if seen.len() < 16 => seen.iter().any(|k| k.eq_ignore_ascii_case(&key)),
+                    None => {
+                        let mut set: HashSet<String> =
+                            seen.iter().map(|k| k.to_ascii_lowercase()).collect();
+                        let dup = !set.insert(key.to_ascii_lowercase());
+                        folded = Some(set);
+                        dup
+                    }
                 }
             };
             if duplicate {
                 return Err(A::Error::custom(format_args!("duplicate key {key:?}")));
             }
-            let v = map.next_value_seed(inner)?;
-            out.insert(key, v);
+            let keep = match self.keep {
+                Keep::Whole => Keep::Whole,
+                Keep::Omit => Keep::Omit,
+                Keep::Select(select) => select(&key),
+            };
+            let name = (!omit).then(|| String::from(&*key));
+            self.names.borrow_mut().push(key);
+            let v = map.next_value_seed(Strict { keep, ..inner })?;
+            if let Some(name) = name {
+                out.insert(name, v);
+            }
         }
-        Ok(Value::Object(out))
+        self.names.borrow_mut().truncate(start);
+        Ok(if omit {
+            Value::Null
+        } else {
+            Value::Object(out)
+        })
     }
 }
 
@@ -162,6 +276,47 @@ mod tests {
         for dup in ["\"k3\":0", "\"K3\":0", "\"k19\":0", "\"K19\":0"] {
             let bad = format!("{{{},{dup}}}", keys.join(","));
             assert!(parse_strict(bad.as_bytes(), MAX_DEPTH).is_err(), "{dup}");
+        }
+    }
+
+    #[test]
+    fn keeping_less_builds_less_and_refuses_the_same_bodies() {
+        fn pick(name: &str) -> Keep {
+            match name {
+                "keep" => Keep::Whole,
+                "in" => Keep::Select(pick),
+                _ => Keep::Omit,
+            }
+        }
+        let body =
+            br#"{"keep": {"a": [1, "x"]}, "drop": {"b": "y"}, "in": {"keep": 1, "drop": [2]}}"#;
+        assert_eq!(
+            parse_strict_keeping(body, MAX_DEPTH, Keep::Select(pick)).unwrap(),
+            serde_json::json!({"keep": {"a": [1, "x"]}, "drop": null, "in": {"keep": 1, "drop": null}})
+        );
+        assert_eq!(
+            parse_strict_keeping(body, MAX_DEPTH, Keep::Omit).unwrap(),
+            Value::Null
+        );
+        let deep = format!(r#"{{"drop": {}{}}}"#, "[".repeat(40), "]".repeat(40));
+        let wide: Vec<String> = (0..20).map(|i| format!(r#""k{i}": {i}"#)).collect();
+        let wide = format!(r#"{{"drop": {{{}, "K7": 0}}}}"#, wide.join(", "));
+        for bad in [
+            &br#"{"drop": {"a": 1, "A": 2}}"#[..],
+            br#"{"drop": [{"a": 1, "\u0061": 2}]}"#,
+            b"{\"drop\": \"\xff\"}",
+            br#"{"drop": "\ud800"}"#,
+            br#"{"drop": 1e999}"#,
+            br#"{"in": {"drop": {"x": 1, "x": 2}}}"#,
+            br#"{"keep": 1} {}"#,
+            deep.as_bytes(),
+            wide.as_bytes(),
+        ] {
+            let whole = parse_strict(bad, MAX_DEPTH).unwrap_err().to_string();
+            for keep in [Keep::Omit, Keep::Select(pick)] {
+                let e = parse_strict_keeping(bad, MAX_DEPTH, keep).unwrap_err();
+                assert_eq!(e.to_string(), whole, "{}", String::from_utf8_lossy(bad));
+            }
         }
     }
 
