@@ -2,7 +2,8 @@
 //! request body (user judgement, PATCH simulation, group member changes, Bulk parsing, search
 //! queries). It must never panic or hang, and a user it admits must have only admitted addresses.
 //! A User create or replace, which the gateway builds only in part, must be refused and judged
-//! exactly as the whole body.
+//! exactly as the whole body. Read as a stored user, the text's one-pass projection is never
+//! more lenient than the scan GET and lists judge users by.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,11 +14,22 @@ use scimgate::policy::patch::{group_member_changes, judge_user_patch};
 use scimgate::policy::query::ScimQuery;
 use scimgate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use scimgate::policy::user::{
-    check_attribute_names, user_addresses, user_write_member, DomainPolicy, USER_ATTRS,
+    address_projection, check_attribute_names, scan_user_addresses, user_addresses,
+    user_write_member, DomainPolicy, USER_ATTRS,
 };
 use scimgate::scim::json::{parse_strict, parse_strict_keeping, Keep, MAX_DEPTH};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(p) = address_projection(data) {
+        let mut projected = user_addresses(&p);
+        if !projected.unreadable {
+            let mut scanned = scan_user_addresses(data).expect("the scan reads it too");
+            assert!(!scanned.unreadable);
+            projected.values.sort();
+            scanned.values.sort();
+            assert_eq!(projected.values, scanned.values);
+        }
+    }
     let kept = parse_strict_keeping(data, MAX_DEPTH, Keep::Select(user_write_member));
     let body = match (parse_strict(data, MAX_DEPTH), kept) {
         (Ok(body), Ok(kept)) => {

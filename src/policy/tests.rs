@@ -766,6 +766,10 @@ fn a_projection_is_never_more_lenient_than_the_scan() {
         r#"{"userName": "a@acme.com", "emails": [{"value": "boss@evil.com", "value": "a@acme.com"}]}"#.to_owned(),
         r#"{"userName": "boss@evil.com", "USERNAME": "a@acme.com"}"#.to_owned(),
         r#"{"emails": [{"value": "boss@evil.com"}], "emails": []}"#.to_owned(),
+        r#"{"emails": {"value": "boss@evil.com", "VALUE": "a@acme.com"}}"#.to_owned(),
+        format!(r#"{{"userName": "a@acme.com", "{URN}:userName": "boss@evil.com"}}"#),
+        // Read in one pass, the URN object named twice is unreadable even when both agree.
+        format!(r#"{{"userName": "a@acme.com", "{URN}": {{}}, "{URN}": {{}}}}"#),
     ] {
         let p = address_projection(doc.as_bytes()).unwrap();
         assert!(user_addresses(&p).unreadable, "{doc} projected to {p}");

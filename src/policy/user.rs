@@ -170,26 +170,27 @@ pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> 
 /// ([`crate::policy::patch::judge_user_patch`]) answers as on the whole document, for a fraction
 /// of the cost of its tree (and of the memory, in the gateway's user cache).
 ///
-/// Text that is not UTF-8 is an error. A user the scan finds unreadable, or whose addresses the
-/// scan reads differently (members named twice, which a tree keeps only one of), projects to
-/// an unreadable user: the projection is never judged more leniently than
-/// [`scan_user_addresses`] judges the same text, which GET and lists use.
+/// Text that is not UTF-8 is an error. Where a tree would keep one of two same-named members
+/// and [`scan_user_addresses`] (which GET and lists use) reads both, the user projects to an
+/// unreadable one: an address attribute named twice in one object (in any spelling), `value`
+/// twice in one email, or the core schema URN's object twice. So the projection is never judged
+/// more leniently than the scan judges the same text, in one reading of it.
 pub fn address_projection(json: &[u8]) -> Result<Value, serde_json::Error> {
     let json = match std::str::from_utf8(json) {
         Ok(text) => text,
         Err(e) => return Err(serde::de::Error::custom(format!("invalid UTF-8: {e}"))),
     };
+    let twice = std::cell::Cell::new(false);
     let mut de = serde_json::Deserializer::from_str(json);
-    let v = serde::de::DeserializeSeed::deserialize(Project { top: true }, &mut de)?;
+    let v = serde::de::DeserializeSeed::deserialize(
+        Project {
+            top: true,
+            twice: &twice,
+        },
+        &mut de,
+    )?;
     de.end()?;
-    // The projection keeps the last of two same-named members (a repeated URN object, a
-    // repeated `value` in an email); the scan reads them all. Unless both find the same
-    // addresses, the user is unreadable: it is then judged no more leniently than its text.
-    let mut scanned = scan_user_addresses(json.as_bytes())?;
-    let mut projected = user_addresses(&v);
-    scanned.values.sort_unstable();
-    projected.values.sort_unstable();
-    if scanned.unreadable || scanned != projected {
+    if twice.get() || user_addresses(&v).unreadable {
         return Ok(serde_json::json!({ "userName": OTHER }));
     }
     Ok(v)
@@ -197,22 +198,24 @@ pub fn address_projection(json: &[u8]) -> Result<Value, serde_json::Error> {
 
 /// Keeps the address attributes of an object (and, at the top, of the URN object in it).
 #[derive(Clone, Copy)]
-struct Project {
+struct Project<'f> {
     top: bool,
+    /// Set when a member the projection keeps is named twice in one object.
+    twice: &'f std::cell::Cell<bool>,
 }
 
 /// What stands for a value that is neither an object nor null: readers of the projection only
 /// ask whether a member is an object, null, or something else.
 const OTHER: Value = Value::Bool(false);
 
-impl<'de> serde::de::DeserializeSeed<'de> for Project {
+impl<'de> serde::de::DeserializeSeed<'de> for Project<'_> {
     type Value = Value;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Project {
+impl<'de> serde::de::Visitor<'de> for Project<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -242,20 +245,100 @@ impl<'de> serde::de::Visitor<'de> for Project {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        // userName, emails and (at the top) the URN object, already met in this object.
+        let mut seen = [false; 3];
         while let Some(Key(k)) = map.next_key::<Key>()? {
-            match address_attr(&k) {
-                Some(_) => {
-                    let v: Value = map.next_value()?;
-                    out.insert(k.into_owned(), v);
-                }
-                None if self.top && is_user_urn(&k) => {
-                    let v = map.next_value_seed(Project { top: false })?;
-                    out.insert(k.into_owned(), v);
-                }
+            let attr = address_attr(&k);
+            let slot = match attr {
+                Some(AddressAttr::UserName) => 0,
+                Some(AddressAttr::Emails) => 1,
+                None if self.top && is_user_urn(&k) => 2,
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
                 }
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                self.twice.set(true);
             }
+            let v = match attr {
+                Some(AddressAttr::UserName) => map.next_value()?,
+                Some(AddressAttr::Emails) => map.next_value_seed(EmailsPart {
+                    item: false,
+                    twice: self.twice,
+                })?,
+                None => map.next_value_seed(Project { top: false, ..self })?,
+            };
+            out.insert(k.into_owned(), v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// An `emails` value, or one of its elements (`item`), read whole as a tree would read it, but
+/// noting an email object that names `value` twice.
+#[derive(Clone, Copy)]
+struct EmailsPart<'f> {
+    item: bool,
+    twice: &'f std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for EmailsPart<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EmailsPart<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("emails")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        if self.item {
+            while let Some(v) = seq.next_element::<Value>()? {
+                out.push(v);
+            }
+        } else {
+            let item = EmailsPart { item: true, ..self };
+            while let Some(v) = seq.next_element_seed(item)? {
+                out.push(v);
+            }
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        let mut value_seen = false;
+        while let Some(Key(k)) = map.next_key::<Key>()? {
+            if k.eq_ignore_ascii_case("value") && std::mem::replace(&mut value_seen, true) {
+                self.twice.set(true);
+            }
+            out.insert(k.into_owned(), map.next_value()?);
         }
         Ok(Value::Object(out))
     }
