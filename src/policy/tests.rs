@@ -781,6 +781,38 @@ fn a_projection_is_never_more_lenient_than_the_scan() {
     }
 }
 
+/// serde_json with `raw_value` reads an object whose one member is
+/// `$serde_json::private::RawValue` as the JSON in its string. Wherever an address could hide,
+/// the scan and the projection read such a user as unreadable (serde_json's `Value` would
+/// unwrap it into an address).
+#[test]
+fn users_with_names_serde_json_reserves_are_unreadable() {
+    const RAW: &str = "$serde_json::private::RawValue";
+    for doc in [
+        format!(r#"{{"userName": {{"{RAW}": "\"a@acme.com\""}}}}"#),
+        format!(
+            r#"{{"userName": "a@acme.com", "emails": [{{"value": {{"{RAW}": "\"a@acme.com\""}}, "type": "work"}}]}}"#
+        ),
+        format!(r#"{{"userName": "a@acme.com", "emails": [{{"value": {{"{RAW}": "null"}}}}]}}"#),
+        format!(
+            r#"{{"userName": "a@acme.com", "emails": [{{"{RAW}": "{{\"value\": \"x@evil.com\"}}"}}]}}"#
+        ),
+        format!(r#"{{"userName": "a@acme.com", "emails": {{"{RAW}": "[]"}}}}"#),
+        format!(r#"{{"{URN}": {{"userName": {{"{RAW}": "\"a@acme.com\""}}}}}}"#),
+        format!(
+            r#"{{"{URN}": {{"{RAW}": "{{\"emails\": \"x@evil.com\"}}"}}, "userName": "a@acme.com"}}"#
+        ),
+        format!(r#"{{"{RAW}": "{{\"userName\": \"x@evil.com\"}}"}}"#),
+    ] {
+        assert!(
+            scan_user_addresses(doc.as_bytes()).unwrap().unreadable,
+            "scan {doc}"
+        );
+        let p = address_projection(doc.as_bytes()).unwrap();
+        assert!(user_addresses(&p).unreadable, "projection of {doc}: {p}");
+    }
+}
+
 /// A stored user naming userName twice has no single value to simulate a PATCH on.
 #[test]
 fn a_patch_on_a_user_with_two_user_names_is_unreadable() {

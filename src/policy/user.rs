@@ -8,7 +8,7 @@
 //! object) puts the user out of scope. Pure functions over parsed JSON.
 
 use super::domain::DomainSet;
-use crate::scim::json::Keep;
+use crate::scim::json::{is_reserved_name, Keep};
 use serde_json::{Map, Value};
 
 /// The core User schema URN, which may qualify attribute names.
@@ -141,10 +141,11 @@ fn collect(obj: &Map<String, Value>, out: &mut Addresses, top: bool) {
 /// document tree: the same addresses as [`user_addresses`] over the parsed value (duplicate
 /// member names included, which a tree would collapse to the last), or the JSON error.
 ///
-/// Stricter than the tree in two ways: text that is not UTF-8 is refused (members the scan
-/// skips are not otherwise decoded), and an address attribute named twice in one object (in any
+/// Stricter than the tree in three ways: text that is not UTF-8 is refused (members the scan
+/// skips are not otherwise decoded); an address attribute named twice in one object (in any
 /// spelling) makes the user unreadable, since a backend keeping only one of them could store a
-/// user with no address where the scan saw one.
+/// user with no address where the scan saw one; and so does a member name serde_json reserves
+/// ([`is_reserved_name`]) in the user, its URN object or its emails.
 pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> {
     let json = match std::str::from_utf8(json) {
         Ok(text) => text,
@@ -173,24 +174,26 @@ pub fn scan_user_addresses(json: &[u8]) -> Result<Addresses, serde_json::Error> 
 /// Text that is not UTF-8 is an error. Where a tree would keep one of two same-named members
 /// and [`scan_user_addresses`] (which GET and lists use) reads both, the user projects to an
 /// unreadable one: an address attribute named twice in one object (in any spelling), `value`
-/// twice in one email, or the core schema URN's object twice. So the projection is never judged
-/// more leniently than the scan judges the same text, in one reading of it.
+/// twice in one email, or the core schema URN's object twice. So does a member name serde_json
+/// reserves ([`is_reserved_name`]) where the scan looks. The projection is thus never judged
+/// more leniently than the scan judges the same text, in one reading of it. Values are read as
+/// written: serde_json's own `Value` would unwrap a reserved member, which the scan does not.
 pub fn address_projection(json: &[u8]) -> Result<Value, serde_json::Error> {
     let json = match std::str::from_utf8(json) {
         Ok(text) => text,
         Err(e) => return Err(serde::de::Error::custom(format!("invalid UTF-8: {e}"))),
     };
-    let twice = std::cell::Cell::new(false);
+    let unreadable = std::cell::Cell::new(false);
     let mut de = serde_json::Deserializer::from_str(json);
     let v = serde::de::DeserializeSeed::deserialize(
         Project {
             top: true,
-            twice: &twice,
+            unreadable: &unreadable,
         },
         &mut de,
     )?;
     de.end()?;
-    if twice.get() || user_addresses(&v).unreadable {
+    if unreadable.get() || user_addresses(&v).unreadable {
         return Ok(serde_json::json!({ "userName": OTHER }));
     }
     Ok(v)
@@ -200,8 +203,9 @@ pub fn address_projection(json: &[u8]) -> Result<Value, serde_json::Error> {
 #[derive(Clone, Copy)]
 struct Project<'f> {
     top: bool,
-    /// Set when a member the projection keeps is named twice in one object.
-    twice: &'f std::cell::Cell<bool>,
+    /// Set when the text holds what the projection cannot stand for: a member it keeps named
+    /// twice in one object, or a reserved member name.
+    unreadable: &'f std::cell::Cell<bool>,
 }
 
 /// What stands for a value that is neither an object nor null: readers of the projection only
@@ -248,6 +252,9 @@ impl<'de> serde::de::Visitor<'de> for Project<'_> {
         // userName, emails and (at the top) the URN object, already met in this object.
         let mut seen = [false; 3];
         while let Some(Key(k)) = map.next_key::<Key>()? {
+            if is_reserved_name(&k) {
+                self.unreadable.set(true);
+            }
             let attr = address_attr(&k);
             let slot = match attr {
                 Some(AddressAttr::UserName) => 0,
@@ -259,13 +266,16 @@ impl<'de> serde::de::Visitor<'de> for Project<'_> {
                 }
             };
             if std::mem::replace(&mut seen[slot], true) {
-                self.twice.set(true);
+                self.unreadable.set(true);
             }
             let v = match attr {
-                Some(AddressAttr::UserName) => map.next_value()?,
-                Some(AddressAttr::Emails) => map.next_value_seed(EmailsPart {
-                    item: false,
-                    twice: self.twice,
+                Some(AddressAttr::UserName) => map.next_value_seed(Literal {
+                    part: Part::Other,
+                    unreadable: self.unreadable,
+                })?,
+                Some(AddressAttr::Emails) => map.next_value_seed(Literal {
+                    part: Part::Emails,
+                    unreadable: self.unreadable,
                 })?,
                 None => map.next_value_seed(Project { top: false, ..self })?,
             };
@@ -275,26 +285,37 @@ impl<'de> serde::de::Visitor<'de> for Project<'_> {
     }
 }
 
-/// An `emails` value, or one of its elements (`item`), read whole as a tree would read it, but
-/// noting an email object that names `value` twice.
+/// A kept value, read into a tree exactly as written (unlike serde_json's `Value`, which would
+/// unwrap a reserved member), noting what the projection cannot stand for: `value` twice in
+/// one email, or a reserved member name.
 #[derive(Clone, Copy)]
-struct EmailsPart<'f> {
-    item: bool,
-    twice: &'f std::cell::Cell<bool>,
+struct Literal<'f> {
+    part: Part,
+    unreadable: &'f std::cell::Cell<bool>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for EmailsPart<'_> {
+/// Where a [`Literal`] stands within a kept attribute.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// `emails` itself.
+    Emails,
+    /// One element of `emails` (or a lone object in its place).
+    EmailItem,
+    Other,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Literal<'_> {
     type Value = Value;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for EmailsPart<'_> {
+impl<'de> serde::de::Visitor<'de> for Literal<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("emails")
+        f.write_str("a JSON value")
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
@@ -318,27 +339,37 @@ impl<'de> serde::de::Visitor<'de> for EmailsPart<'_> {
         Ok(Value::String(v))
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = Literal {
+            part: if self.part == Part::Emails {
+                Part::EmailItem
+            } else {
+                Part::Other
+            },
+            ..self
+        };
         let mut out = Vec::new();
-        if self.item {
-            while let Some(v) = seq.next_element::<Value>()? {
-                out.push(v);
-            }
-        } else {
-            let item = EmailsPart { item: true, ..self };
-            while let Some(v) = seq.next_element_seed(item)? {
-                out.push(v);
-            }
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
         }
         Ok(Value::Array(out))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let email = matches!(self.part, Part::Emails | Part::EmailItem);
+        let inner = Literal {
+            part: Part::Other,
+            ..self
+        };
         let mut out = Map::new();
         let mut value_seen = false;
         while let Some(Key(k)) = map.next_key::<Key>()? {
-            if k.eq_ignore_ascii_case("value") && std::mem::replace(&mut value_seen, true) {
-                self.twice.set(true);
+            if is_reserved_name(&k)
+                || (email
+                    && k.eq_ignore_ascii_case("value")
+                    && std::mem::replace(&mut value_seen, true))
+            {
+                self.unreadable.set(true);
             }
-            out.insert(k.into_owned(), map.next_value()?);
+            out.insert(k.into_owned(), map.next_value_seed(inner)?);
         }
         Ok(Value::Object(out))
     }
@@ -465,6 +496,10 @@ impl<'de> serde::de::Visitor<'de> for Scan<'_> {
         // Address attributes (userName, emails, value) already met in this object.
         let mut seen = [false; 3];
         while let Some(Key(k)) = map.next_key::<Key>()? {
+            // A reader that unwraps it would see a value the scan cannot.
+            if is_reserved_name(&k) {
+                self.out.unreadable = true;
+            }
             let inner = match role {
                 Role::Top | Role::UrnObject => match address_attr(&k) {
                     Some(AddressAttr::UserName) => Some(Role::UserName),

@@ -686,6 +686,9 @@ async fn bodies_are_read_strictly() {
         r#"{"userName":"alice@acme.com","em\u0101ils":[]}"#,
         r#"{"userName":"alice@acme.com"} {"userName":"x@evil.com"}"#,
         r#"{"userName":"alice@acme.com""#,
+        // serde_json with `raw_value` reads this email as x@evil.com.
+        r#"{"userName":"alice@acme.com","emails":[{"$serde_json::private::RawValue":"{\"value\":\"x@evil.com\"}"}]}"#,
+        r#"{"userName":"alice@acme.com","emails":[{"\u0024serde_json::private::RawValue":"{\"value\":\"x@evil.com\"}"}]}"#,
         "",
     ];
     for b in bad {
@@ -1005,6 +1008,12 @@ async fn out_of_scope_users_cannot_be_read() {
         gw.insert(
             "Users",
             json!({"userName": "frank@acme.com", "emails": "frank@acme.com"}),
+        ),
+        gw.insert(
+            "Users",
+            json!({"userName": "gina@acme.com", "emails": [
+                {"$serde_json::private::RawValue": r#"{"value": "gina@evil.com"}"#}
+            ]}),
         ),
     ];
     for id in &hidden {
@@ -1389,6 +1398,13 @@ async fn out_of_scope_users_cannot_be_changed_or_deleted() {
     let gw = gateway().await;
     let hidden = gw.insert("Users", user_body("bob@evil.com", &["bob@evil.com"]));
     let mixed = gw.insert("Users", user_body("carol@acme.com", &["carol@evil.com"]));
+    // A backend reading with serde_json's `raw_value` sees erin@evil.com in this email.
+    let wrapped = gw.insert(
+        "Users",
+        json!({"userName": "erin@acme.com", "emails": [
+            {"$serde_json::private::RawValue": r#"{"value": "erin@evil.com"}"#}
+        ]}),
+    );
     let before = gw.backend.all("Users");
     let adopt = user_body("bob@acme.com", &["bob@acme.com"]);
     let patch = json!({"Operations": [{"op": "replace", "value": {"userName": "bob@acme.com", "emails": [{"value": "bob@acme.com"}]}}]});
@@ -1401,7 +1417,7 @@ async fn out_of_scope_users_cannot_be_changed_or_deleted() {
         )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    for id in [&hidden, &mixed] {
+    for id in [&hidden, &mixed, &wrapped] {
         let uri = format!("{BASE}/Users/{id}");
         let d = gw.send("DELETE", &uri, Some(&gw.t.full), None).await;
         assert_eq!(d.status, StatusCode::NOT_FOUND, "DELETE {id}");

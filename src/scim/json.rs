@@ -3,7 +3,8 @@
 //! depth (one parser keeps the first, another the last), keys that differ only in ASCII letter
 //! case (SCIM attribute names are case-insensitive, so `path` and `PATH` in one object are
 //! ambiguous), non-ASCII keys (SCIM attribute names are ASCII; this rules out Unicode case-folding
-//! tricks), nesting deeper than a bound, invalid UTF-8 and trailing data are errors.
+//! tricks), member names serde_json reserves ([`is_reserved_name`]), nesting deeper than a
+//! bound, invalid UTF-8 and trailing data are errors.
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -14,6 +15,15 @@ use std::fmt;
 
 /// Nesting bound for request bodies. SCIM resources nest three or four levels; Bulk adds two.
 pub const MAX_DEPTH: usize = 32;
+
+/// Whether a member name is one serde_json gives a meaning of its own: with its `raw_value`
+/// feature, an object whose one member is `$serde_json::private::RawValue` reads as the JSON in
+/// that member's string (and `…::Number` as a number, with `arbitrary_precision`). A backend
+/// reading bodies that way would store what the gateway saw as a string, so no body may use
+/// them, and a stored user that does is unreadable.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with("$serde_json::private::")
+}
 
 /// How much of a value a strict parse builds. Every value is read and checked alike, whatever
 /// is kept of it, so what is refused never depends on the choice.
@@ -194,6 +204,9 @@ impl<'de> Visitor<'de> for Strict<'_, 'de> {
             if !key.is_ascii() {
                 return Err(A::Error::custom(format_args!("non-ASCII key {key:?}")));
             }
+            if is_reserved_name(&key) {
+                return Err(A::Error::custom(format_args!("reserved key {key:?}")));
+            }
             let duplicate = {
                 let names = self.names.borrow();
                 let seen = &names[start..];
@@ -258,6 +271,20 @@ mod tests {
     }
 
     #[test]
+    fn names_serde_json_reserves_are_refused_however_written() {
+        for body in [
+            &br#"{"$serde_json::private::RawValue": "\"a@acme.com\""}"#[..],
+            br#"{"emails": [{"$serde_json::private::RawValue": "{\"value\": \"x@evil.com\"}"}]}"#,
+            br#"{"emails": [{"\u0024serde_json::private::RawValue": "{}"}]}"#,
+            br#"{"a": {"$serde_json::private::Number": "1"}}"#,
+        ] {
+            let e = parse_strict(body, MAX_DEPTH).unwrap_err().to_string();
+            assert!(e.contains("reserved key"), "{e}");
+        }
+        assert!(parse_strict(br#"{"$serde_json::public": 1, "$ref": "x"}"#, MAX_DEPTH).is_ok());
+    }
+
+    #[test]
     fn keys_differing_in_case_or_non_ascii_are_refused() {
         assert!(parse_strict(br#"{"path":"a","PATH":"b"}"#, MAX_DEPTH).is_err());
         assert!(parse_strict(br#"{"email\u017f":1}"#, MAX_DEPTH).is_err());
@@ -309,6 +336,7 @@ mod tests {
             br#"{"drop": 1e999}"#,
             br#"{"in": {"drop": {"x": 1, "x": 2}}}"#,
             br#"{"keep": 1} {}"#,
+            br#"{"drop": [{"$serde_json::private::RawValue": "{}"}]}"#,
             deep.as_bytes(),
             wide.as_bytes(),
         ] {
