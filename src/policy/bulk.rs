@@ -2,7 +2,7 @@
 //! been sent alone, within the advertised `maxOperations`.
 
 use super::route::{classify, normalize_path, OpKind, Operation};
-use super::user::get_ci;
+use super::user::{get_ci, unknown_member};
 use http::Method;
 use serde_json::Value;
 
@@ -24,6 +24,9 @@ pub fn parse_bulk(body: &Value, max_operations: usize) -> Result<Vec<BulkOp<'_>>
     let obj = body
         .as_object()
         .ok_or("the Bulk body must be a JSON object")?;
+    if let Some(k) = unknown_member(obj, &["schemas", "Operations", "failOnErrors"]) {
+        return Err(format!("unknown Bulk member {k:?}"));
+    }
     let ops = get_ci(obj, "Operations")
         .and_then(Value::as_array)
         .ok_or("the Bulk body needs an \"Operations\" array")?;
@@ -40,6 +43,9 @@ pub fn parse_bulk(body: &Value, max_operations: usize) -> Result<Vec<BulkOp<'_>>
             let o = op
                 .as_object()
                 .ok_or_else(|| format!("Operations[{i}] must be an object"))?;
+            if let Some(k) = unknown_member(o, &["method", "bulkId", "version", "path", "data"]) {
+                return Err(format!("Operations[{i}]: unknown member {k:?}"));
+            }
             let method = get_ci(o, "method")
                 .and_then(Value::as_str)
                 .map(str::to_ascii_uppercase)

@@ -4,8 +4,8 @@
 //! move a user out of the token's domains. Operations the gateway cannot interpret are refused.
 
 use super::user::{
-    address_attr, get_ci, is_user_urn, strip_user_urn, AddressAttr, Addresses, DomainPolicy,
-    OutOfScope,
+    address_attr, get_ci, is_user_urn, strip_user_urn, unknown_member, AddressAttr, Addresses,
+    DomainPolicy, OutOfScope, MEMBER_SUB_ATTRS,
 };
 use serde_json::{Map, Value};
 
@@ -39,6 +39,9 @@ pub fn parse_ops(body: &Value) -> Result<Vec<PatchOp<'_>>, String> {
     let obj = body
         .as_object()
         .ok_or("the PATCH body must be a JSON object")?;
+    if let Some(k) = unknown_member(obj, &["schemas", "Operations"]) {
+        return Err(format!("unknown PATCH member {k:?}"));
+    }
     let ops = get_ci(obj, "Operations")
         .and_then(Value::as_array)
         .ok_or("the PATCH body needs an \"Operations\" array")?;
@@ -488,6 +491,9 @@ pub fn group_member_changes(body: &Value) -> Result<MemberChanges, String> {
 fn member_ids(v: &Value, into: &mut Vec<String>) -> Result<(), String> {
     match v {
         Value::Array(items) => items.iter().try_for_each(|i| member_ids(i, into)),
+        Value::Object(o) if unknown_member(o, MEMBER_SUB_ATTRS).is_some() => {
+            Err("a member may only name value, display, type and $ref".into())
+        }
         Value::Object(o) => match get_ci(o, "value") {
             Some(Value::String(s)) => {
                 into.push(s.clone());

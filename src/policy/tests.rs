@@ -813,6 +813,29 @@ fn users_with_names_serde_json_reserves_are_unreadable() {
     }
 }
 
+/// An email naming anything but value, display, type and primary is unreadable to every
+/// reading: a backend folding names reads `va_lue` as `value`.
+#[test]
+fn emails_with_unknown_members_are_unreadable() {
+    for doc in [
+        r#"{"userName": "a@acme.com", "emails": [{"value": "a@acme.com", "va_lue": "boss@evil.com"}]}"#,
+        r#"{"userName": "a@acme.com", "emails": {"Value": "a@acme.com", "e-mail": "boss@evil.com"}}"#,
+        r#"{"userName": "a@acme.com", "emails": [{"va_lue": "boss@evil.com", "type": "work"}]}"#,
+    ] {
+        let tree: Value = serde_json::from_str(doc).unwrap();
+        assert!(user_addresses(&tree).unreadable, "tree {doc}");
+        assert!(
+            scan_user_addresses(doc.as_bytes()).unwrap().unreadable,
+            "scan {doc}"
+        );
+        let p = address_projection(doc.as_bytes()).unwrap();
+        assert!(user_addresses(&p).unreadable, "projection of {doc}: {p}");
+    }
+    let fine =
+        r#"{"emails": [{"VALUE": "a@acme.com", "Type": "work", "primary": true, "display": "A"}]}"#;
+    assert!(!scan_user_addresses(fine.as_bytes()).unwrap().unreadable);
+}
+
 /// A stored user naming userName twice has no single value to simulate a PATCH on.
 #[test]
 fn a_patch_on_a_user_with_two_user_names_is_unreadable() {

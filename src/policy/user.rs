@@ -54,6 +54,34 @@ pub fn is_user_urn(key: &str) -> bool {
     key.eq_ignore_ascii_case(USER_URN) || key.eq_ignore_ascii_case(GROUP_URN)
 }
 
+/// The sub-attributes of an `emails` item (RFC 7643 §4.1.2).
+pub const EMAIL_SUB_ATTRS: &[&str] = &["value", "display", "type", "primary"];
+
+/// The sub-attributes of a Group's `members` item (RFC 7643 §4.2).
+pub const MEMBER_SUB_ATTRS: &[&str] = &["value", "display", "type", "$ref"];
+
+/// The first member of `obj` not named in `known` (ASCII case-insensitive). Where the gateway
+/// reads an object by its member names, nothing else may appear: a backend that folds names
+/// (scim2-models before 0.8 drops `_`, `-` and other punctuation, the last duplicate winning)
+/// reads `va_lue` as `value` and `Oper_ations` as `Operations`.
+pub fn unknown_member<'a>(obj: &'a Map<String, Value>, known: &[&str]) -> Option<&'a str> {
+    obj.keys()
+        .map(String::as_str)
+        .find(|k| !known.iter().any(|n| n.eq_ignore_ascii_case(k)))
+}
+
+/// Whether `name` is a spelling of `known` once ASCII letter case and everything but letters
+/// and digits are ignored: what a folding backend would take for it.
+fn folds_into(name: &str, known: &str) -> bool {
+    let fold = |s: &str| {
+        s.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| b.to_ascii_lowercase())
+            .collect::<Vec<u8>>()
+    };
+    fold(name).starts_with(&fold(known))
+}
+
 /// Finds a member of a JSON object by case-insensitive name.
 pub fn get_ci<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.iter()
@@ -95,6 +123,9 @@ impl Addresses {
     fn push_email_item(&mut self, item: &Value) {
         match item {
             Value::Object(o) => {
+                if unknown_member(o, EMAIL_SUB_ATTRS).is_some() {
+                    self.unreadable = true;
+                }
                 for (k, v) in o {
                     if k.eq_ignore_ascii_case("value") {
                         match v {
@@ -496,8 +527,12 @@ impl<'de> serde::de::Visitor<'de> for Scan<'_> {
         // Address attributes (userName, emails, value) already met in this object.
         let mut seen = [false; 3];
         while let Some(Key(k)) = map.next_key::<Key>()? {
-            // A reader that unwraps it would see a value the scan cannot.
-            if is_reserved_name(&k) {
+            // A reader that unwraps it would see a value the scan cannot; one that folds
+            // names could read an unknown email member as `value`.
+            if is_reserved_name(&k)
+                || (matches!(role, Role::Emails | Role::EmailItem)
+                    && !EMAIL_SUB_ATTRS.iter().any(|n| n.eq_ignore_ascii_case(&k)))
+            {
                 self.out.unreadable = true;
             }
             let inner = match role {
@@ -666,9 +701,12 @@ pub fn allowed_attr(name: &str, allowed: &[&str]) -> bool {
         .get(..4)
         .is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
     {
+        // Not a core URN as written, so not a folded spelling of one either.
         return name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
+            && !folds_into(name, USER_URN)
+            && !folds_into(name, GROUP_URN);
     }
     allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }

@@ -21,8 +21,8 @@ use crate::policy::query::{
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
 use crate::policy::user::{
-    check_attribute_names, get_ci, scan_user_addresses, user_write_member, AddressAttr,
-    DomainPolicy, OutOfScope, GROUP_ATTRS, USER_ATTRS,
+    check_attribute_names, get_ci, scan_user_addresses, unknown_member, user_write_member,
+    AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS, MEMBER_SUB_ATTRS, USER_ATTRS,
 };
 use crate::scim::error::GatewayError;
 use crate::scim::json::{parse_strict_keeping, Keep, MAX_DEPTH};
@@ -483,6 +483,14 @@ fn collect_member_values(v: &Value) -> Result<Vec<String>, GatewayError> {
     items
         .iter()
         .map(|m| {
+            if let Some(k) = m
+                .as_object()
+                .and_then(|o| unknown_member(o, MEMBER_SUB_ATTRS))
+            {
+                return Err(GatewayError::invalid_syntax(format!(
+                    "unknown member attribute {k:?}: a member may only name value, display, type and $ref"
+                )));
+            }
             m.as_object()
                 .and_then(|o| get_ci(o, "value"))
                 .and_then(Value::as_str)

@@ -1469,6 +1469,127 @@ async fn out_of_scope_users_cannot_be_changed_or_deleted() {
     assert_eq!(gw.backend.all("Users"), before);
 }
 
+/// Names a backend could read as another: scim2-models before 0.8 drops `_`, `-` and
+/// punctuation from member names (the last duplicate winning), C strings end at NUL, JavaScript
+/// merges treat `__proto__` as the prototype. None reaches the backend, and a stored user
+/// carrying one is hidden.
+#[tokio::test]
+async fn names_a_folding_backend_would_read_differently_are_refused() {
+    let gw = gateway().await;
+    let alice = gw.insert("Users", user_body("alice@acme.com", &["alice@acme.com"]));
+    let bob = gw.insert("Users", user_body("bob@evil.com", &["bob@evil.com"]));
+    let odd = gw.insert(
+        "Users",
+        json!({"userName": "olga@acme.com", "emails": [{"value": "olga@acme.com", "va_lue": "olga@evil.com"}]}),
+    );
+    let before = gw.backend.all("Users");
+    let users = format!("{BASE}/Users");
+    let alice_uri = format!("{BASE}/Users/{alice}");
+    let evil = json!([{"value": "x@evil.com"}]);
+    let cases = [
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "emails": [{"value": "carl@acme.com", "va_lue": "x@evil.com"}]}),
+        ),
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "emails": [{"va-lue": "x@evil.com"}]}),
+        ),
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "emails": [{"value ": "x@evil.com"}]}),
+        ),
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "emails": [{"__proto__": {"value": "x@evil.com"}}]}),
+        ),
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "emails": [{"value\u{0}": "x@evil.com"}]}),
+        ),
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "urn:ietf:params:scim:schemas:core:2.0:Us_er": {"emails": evil}}),
+        ),
+        (
+            "POST",
+            users.clone(),
+            json!({"userName": "carl@acme.com", "urn:ietf:params:scim:schemas:core:2.0:Us-er:emails": evil}),
+        ),
+        (
+            "PUT",
+            alice_uri.clone(),
+            json!({"userName": "alice@acme.com", "emails": [{"va_lue": "x@evil.com"}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "add", "path": "nickName", "value": "x"}],
+            "Oper_ations": [{"op": "replace", "path": "emails", "value": evil}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "add", "path": "emails", "value": [{"va_lue": "x@evil.com"}]}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "add", "value": {"emails": [{"va_lue": "x@evil.com"}]}}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "replace", "path": "e_mails", "value": evil}]}),
+        ),
+        (
+            "POST",
+            format!("{BASE}/Bulk"),
+            json!({"Operations": [{"method": "DELETE", "path": format!("/Users/{alice}")}],
+            "Oper_ations": [{"method": "DELETE", "path": format!("/Users/{bob}")}]}),
+        ),
+        (
+            "POST",
+            format!("{BASE}/Bulk"),
+            json!({"Operations": [{"method": "PATCH", "path": format!("/Users/{alice}"),
+            "data": {"Operations": [{"op": "add", "path": "nickName", "value": "x"}]},
+            "da_ta": {"Operations": [{"op": "replace", "path": "emails", "value": evil}]}}]}),
+        ),
+        (
+            "POST",
+            format!("{BASE}/Groups"),
+            json!({"displayName": "g", "members": [{"value": alice, "va_lue": bob}]}),
+        ),
+    ];
+    for (method, uri, body) in cases {
+        let r = gw.send_json(method, &uri, &gw.t.full, &body).await;
+        assert!(
+            matches!(r.status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN),
+            "{method} {uri} {body}: {} {:?}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(gw.backend.all("Users"), before);
+    assert_eq!(gw.backend.count("Groups"), 0);
+    // The stored user whose email a folding reader takes for olga@evil.com reads as missing.
+    let r = gw
+        .send(
+            "GET",
+            &format!("{BASE}/Users/{odd}"),
+            Some(&gw.t.full),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bulk and groups
 // ---------------------------------------------------------------------------------------------

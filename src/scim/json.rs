@@ -207,6 +207,11 @@ impl<'de> Visitor<'de> for Strict<'_, 'de> {
             if is_reserved_name(&key) {
                 return Err(A::Error::custom(format_args!("reserved key {key:?}")));
             }
+            // A control character (C strings end at NUL) or a prototype setter (JavaScript
+            // object merges) means something else to some backends than the name says.
+            if key.bytes().any(|b| b.is_ascii_control()) || key == "__proto__" {
+                return Err(A::Error::custom(format_args!("key {key:?} is refused")));
+            }
             let duplicate = {
                 let names = self.names.borrow();
                 let seen = &names[start..];
