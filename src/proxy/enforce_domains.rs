@@ -210,12 +210,19 @@ where
         let Some(group) = directory::group(&self.inner, &self.origin, group_id).await? else {
             return Ok(());
         };
-        for id in member_ids(&group) {
+        let hidden = || {
+            GatewayError::forbidden(
+                "group_has_hidden_members",
+                "the group has members outside the token's domains; add or remove members by id instead",
+            )
+        };
+        // A member the gateway cannot read counts as hidden.
+        let Some(ids) = member_ids(&group) else {
+            return self.verdict(Err(hidden())).map_err(Into::into);
+        };
+        for id in ids {
             if !self.visible_user(&id).await? {
-                self.verdict(Err(GatewayError::forbidden(
-                    "group_has_hidden_members",
-                    "the group has members outside the token's domains; add or remove members by id instead",
-                )))?;
+                self.verdict(Err(hidden()))?;
                 break;
             }
         }
@@ -398,29 +405,52 @@ where
         let Some(obj) = group.as_object_mut() else {
             return Ok(false);
         };
-        let Some(key) = obj
-            .keys()
-            .find(|k| k.eq_ignore_ascii_case("members"))
-            .cloned()
-        else {
-            return Ok(false);
-        };
-        let Some(Value::Array(members)) = obj.get_mut(&key) else {
-            return Ok(false);
+        // Every list, however spelled (`members`, `Members`, `urn:…:Group:members`, or under
+        // the Group URN): a client reading another one than the gateway filtered would see
+        // members it may not.
+        let mut dropped = false;
+        for (k, v) in obj.iter_mut() {
+            if is_members(k) {
+                dropped |= self.filter_member_list(v).await?;
+            } else if crate::policy::user::is_user_urn(k) {
+                if let Value::Object(inner) = v {
+                    for (k, v) in inner.iter_mut() {
+                        if is_members(k) {
+                            dropped |= self.filter_member_list(v).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Keeps the members this token may see: groups, and users within its domains. A member
+    /// the gateway cannot read (no string `value`, a name besides value, display, type and
+    /// `$ref`) is dropped, as is a list that is not one.
+    async fn filter_member_list(&self, list: &mut Value) -> Result<bool, BoxError> {
+        let members = match list {
+            Value::Null => return Ok(false),
+            Value::Array(members) => members,
+            other => {
+                *other = Value::Array(Vec::new());
+                return Ok(true);
+            }
         };
         let mut kept = Vec::with_capacity(members.len());
         let mut dropped = false;
         for m in members.drain(..) {
-            let is_group = m
+            let Some(o) = m
                 .as_object()
-                .and_then(|o| get_ci(o, "type"))
+                .filter(|o| unknown_member(o, MEMBER_SUB_ATTRS).is_none())
+            else {
+                dropped = true;
+                continue;
+            };
+            let is_group = get_ci(o, "type")
                 .and_then(Value::as_str)
                 .is_some_and(|t| t.eq_ignore_ascii_case("Group"));
-            let id = m
-                .as_object()
-                .and_then(|o| get_ci(o, "value"))
-                .and_then(Value::as_str);
-            let keep = match id {
+            let keep = match get_ci(o, "value").and_then(Value::as_str) {
                 Some(id) if !is_group => self.visible_user(id).await?,
                 Some(_) => true,
                 None => false,
@@ -452,13 +482,19 @@ fn missing_body() -> GatewayError {
     GatewayError::invalid_syntax("this operation needs a JSON body")
 }
 
+/// Whether a member name is `members` (bare or qualified with the Group URN, any letter case).
+fn is_members(name: &str) -> bool {
+    crate::policy::user::strip_user_urn(name)
+        .unwrap_or(name)
+        .eq_ignore_ascii_case("members")
+}
+
 /// Every `members` list in a Group body, however it is spelled: `members`, `MEMBERS`,
 /// `urn:…:core:2.0:Group:members`, or nested under the Group URN.
 fn member_lists(body: &Value) -> Vec<&Value> {
     fn walk<'a>(o: &'a serde_json::Map<String, Value>, top: bool, out: &mut Vec<&'a Value>) {
         for (k, v) in o {
-            let bare = crate::policy::user::strip_user_urn(k).unwrap_or(k);
-            if bare.eq_ignore_ascii_case("members") {
+            if is_members(k) {
                 out.push(v);
             } else if top && crate::policy::user::is_user_urn(k) {
                 if let Value::Object(inner) = v {
@@ -500,28 +536,30 @@ fn collect_member_values(v: &Value) -> Result<Vec<String>, GatewayError> {
         .collect()
 }
 
-fn member_ids(group: &Value) -> Vec<String> {
-    group
-        .as_object()
-        .and_then(|o| get_ci(o, "members"))
-        .and_then(Value::as_array)
-        .map(|ms| {
-            ms.iter()
-                .filter(|m| {
-                    !m.as_object()
-                        .and_then(|o| get_ci(o, "type"))
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| t.eq_ignore_ascii_case("Group"))
-                })
-                .filter_map(|m| {
-                    m.as_object()
-                        .and_then(|o| get_ci(o, "value"))
-                        .and_then(Value::as_str)
-                })
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The user ids in every members list of a stored group (groups among the members are not
+/// users), or `None` when a member cannot be read.
+fn member_ids(group: &Value) -> Option<Vec<String>> {
+    let mut ids = Vec::new();
+    for list in member_lists(group) {
+        let items = match list {
+            Value::Null => continue,
+            Value::Array(items) => items,
+            _ => return None,
+        };
+        for m in items {
+            let o = m
+                .as_object()
+                .filter(|o| unknown_member(o, MEMBER_SUB_ATTRS).is_none())?;
+            let is_group = get_ci(o, "type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("Group"));
+            let id = get_ci(o, "value").and_then(Value::as_str)?;
+            if !is_group {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    Some(ids)
 }
 
 fn json_response(
@@ -686,12 +724,13 @@ where
                 return post_write_check(&ctx, resp).await;
             }
             if !users && resp.status().is_success() && !ctx.report_only {
-                // A group written back to the client shows only the members it may see.
+                // A group written back to the client shows only the members it may see, as
+                // the gateway read them: the checked tree, never the backend's text (which
+                // could name `members` twice).
                 let (parts, bytes) = split(resp).await;
                 if let Ok(mut group) = serde_json::from_slice::<Value>(&bytes) {
-                    if ctx.filter_members(&mut group).await? {
-                        return Ok(json_response(parts.status, &group, Some(&parts)));
-                    }
+                    ctx.filter_members(&mut group).await?;
+                    return Ok(json_response(parts.status, &group, Some(&parts)));
                 }
                 return Ok(GatewayResponse::from_parts(parts, Full::new(bytes)));
             }

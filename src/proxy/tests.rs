@@ -1775,6 +1775,30 @@ async fn groups_only_take_and_show_in_scope_members() {
         "{:?}",
         r.body
     );
+    // However the backend spells the list, and whatever a member names besides its value.
+    let spelled = gw.insert(
+        "Groups",
+        json!({"displayName": "s", "members": [{"value": alice}], "Members": [{"value": bob}],
+            "urn:ietf:params:scim:schemas:core:2.0:Group:members": [{"value": bob}],
+            "urn:ietf:params:scim:schemas:core:2.0:Group": {"members": [{"value": bob}]},
+            "MEMBERS": {"value": bob}}),
+    );
+    let odd = gw.insert(
+        "Groups",
+        json!({"displayName": "o", "members": [{"value": alice}, {"value": alice, "va_lue": bob}]}),
+    );
+    for id in [&spelled, &odd] {
+        let r = gw
+            .send("GET", &format!("{uri}/{id}"), Some(&gw.t.full), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(&bob),
+            "{:?}",
+            r.body
+        );
+        assert_eq!(r.json()["members"], json!([{"value": alice}]));
+    }
     for (m, body) in [
         ("DELETE", None),
         (
@@ -1797,8 +1821,18 @@ async fn groups_only_take_and_show_in_scope_members() {
             }
         };
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{m}: {:?}", r.body);
+        // Nor may a group whose hidden member sits in another spelling of the list, or
+        // cannot be read.
+        for id in [&spelled, &odd] {
+            let r = gw
+                .send(m, &format!("{uri}/{id}"), Some(&gw.t.full), None)
+                .await;
+            if m == "DELETE" {
+                assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {id}: {:?}", r.body);
+            }
+        }
     }
-    assert_eq!(gw.backend.count("Groups"), 2);
+    assert_eq!(gw.backend.count("Groups"), 4);
 }
 
 #[tokio::test]
