@@ -4,8 +4,8 @@
 //! move a user out of the token's domains. Operations the gateway cannot interpret are refused.
 
 use super::user::{
-    address_attr, get_ci, is_user_urn, strip_user_urn, unknown_member, AddressAttr, Addresses,
-    DomainPolicy, OutOfScope, MEMBER_SUB_ATTRS,
+    address_attr, folds_into, get_ci, is_user_urn, strip_user_urn, unknown_member, AddressAttr,
+    Addresses, DomainPolicy, OutOfScope, GROUP_URN, MEMBER_SUB_ATTRS, USER_URN,
 };
 use serde_json::{Map, Value};
 
@@ -105,7 +105,8 @@ pub fn parse_path(path: &str) -> Result<AttrPath<'_>, String> {
         let plain = p
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-' | b'$'));
-        return if plain {
+        // Nor a spelling of a core URN that a backend folding names would read as one.
+        return if plain && !folds_into(p, USER_URN) && !folds_into(p, GROUP_URN) {
             Ok(AttrPath {
                 attr: "",
                 filter: None,

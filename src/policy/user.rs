@@ -70,16 +70,34 @@ pub fn unknown_member<'a>(obj: &'a Map<String, Value>, known: &[&str]) -> Option
         .find(|k| !known.iter().any(|n| n.eq_ignore_ascii_case(k)))
 }
 
-/// Whether `name` is a spelling of `known` once ASCII letter case and everything but letters
-/// and digits are ignored: what a folding backend would take for it.
-fn folds_into(name: &str, known: &str) -> bool {
-    let fold = |s: &str| {
-        s.bytes()
-            .filter(u8::is_ascii_alphanumeric)
-            .map(|b| b.to_ascii_lowercase())
-            .collect::<Vec<u8>>()
+/// A name as a folding backend reads it: ASCII letters and digits only, lower-cased.
+fn folded(s: &str) -> impl Iterator<Item = u8> + '_ {
+    s.bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase())
+}
+
+/// Whether `name`, folded, begins with `known` folded: what a folding backend would take for
+/// `known` or something under it.
+pub(crate) fn folds_into(name: &str, known: &str) -> bool {
+    let mut n = folded(name);
+    folded(known).all(|k| n.next() == Some(k))
+}
+
+/// Whether a member name a reader of addresses (or members) does not take for `userName`,
+/// `emails`, `members` or a core schema URN is one a folding backend would: `e_mails`,
+/// `user-Name`, `urn:…:core:2.0:User_`. Where the gateway reads addresses or members, such a
+/// name makes the object unreadable.
+pub fn folded_alias(name: &str) -> bool {
+    let bare = match strip_user_urn(name) {
+        Some(bare) => bare,
+        None if is_user_urn(name) => return false,
+        None if folds_into(name, USER_URN) || folds_into(name, GROUP_URN) => return true,
+        None => name,
     };
-    fold(name).starts_with(&fold(known))
+    ["userName", "emails", "members"]
+        .iter()
+        .any(|a| !bare.eq_ignore_ascii_case(a) && folded(bare).eq(folded(a)))
 }
 
 /// Finds a member of a JSON object by case-insensitive name.
@@ -163,6 +181,7 @@ fn collect(obj: &Map<String, Value>, out: &mut Addresses, top: bool) {
                 Value::Null => {}
                 _ => out.unreadable = true,
             },
+            None if folded_alias(k) => out.unreadable = true,
             None => {}
         }
     }
@@ -292,6 +311,9 @@ impl<'de> serde::de::Visitor<'de> for Project<'_> {
                 Some(AddressAttr::Emails) => 1,
                 None if self.top && is_user_urn(&k) => 2,
                 None => {
+                    if folded_alias(&k) {
+                        self.unreadable.set(true);
+                    }
                     map.next_value::<serde::de::IgnoredAny>()?;
                     continue;
                 }
@@ -540,7 +562,12 @@ impl<'de> serde::de::Visitor<'de> for Scan<'_> {
                     Some(AddressAttr::UserName) => Some(Role::UserName),
                     Some(AddressAttr::Emails) => Some(Role::Emails),
                     None if role == Role::Top && is_user_urn(&k) => Some(Role::UrnObject),
-                    None => None,
+                    None => {
+                        if folded_alias(&k) {
+                            self.out.unreadable = true;
+                        }
+                        None
+                    }
                 },
                 Role::Emails | Role::EmailItem if k.eq_ignore_ascii_case("value") => {
                     Some(Role::EmailValue)

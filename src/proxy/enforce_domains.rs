@@ -21,8 +21,9 @@ use crate::policy::query::{
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
 use crate::policy::user::{
-    check_attribute_names, get_ci, scan_user_addresses, unknown_member, user_write_member,
-    AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS, MEMBER_SUB_ATTRS, USER_ATTRS,
+    check_attribute_names, folded_alias, get_ci, scan_user_addresses, unknown_member,
+    user_write_member, AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS, MEMBER_SUB_ATTRS,
+    USER_ATTRS,
 };
 use crate::scim::error::GatewayError;
 use crate::scim::json::{parse_strict_keeping, Keep, MAX_DEPTH};
@@ -408,7 +409,11 @@ where
         // Every list, however spelled (`members`, `Members`, `urn:…:Group:members`, or under
         // the Group URN): a client reading another one than the gateway filtered would see
         // members it may not.
-        let mut dropped = false;
+        // A name a folding client would read as `members` or a core URN is not the gateway's to
+        // judge: it goes.
+        let before = obj.len();
+        obj.retain(|k, _| is_members(k) || crate::policy::user::is_user_urn(k) || !folded_alias(k));
+        let mut dropped = obj.len() != before;
         for (k, v) in obj.iter_mut() {
             if is_members(k) {
                 dropped |= self.filter_member_list(v).await?;

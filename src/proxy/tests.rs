@@ -1482,9 +1482,28 @@ async fn names_a_folding_backend_would_read_differently_are_refused() {
         "Users",
         json!({"userName": "olga@acme.com", "emails": [{"value": "olga@acme.com", "va_lue": "olga@evil.com"}]}),
     );
+    let folded = [
+        gw.insert(
+            "Users",
+            json!({"userName": "pia@acme.com", "emails": [{"value": "pia@acme.com"}], "e_mails": [{"value": "pia@evil.com"}]}),
+        ),
+        gw.insert(
+            "Users",
+            json!({"userName": "quinn@acme.com", "user_Name": "quinn@evil.com"}),
+        ),
+        gw.insert(
+            "Users",
+            json!({"userName": "rita@acme.com", "urn:ietf:params:scim:schemas:core:2.0:User_": {"emails": [{"value": "rita@evil.com"}]}}),
+        ),
+    ];
+    let group = gw.insert(
+        "Groups",
+        json!({"displayName": "g", "members": [{"value": alice}], "mem_bers": [{"value": bob}]}),
+    );
     let before = gw.backend.all("Users");
     let users = format!("{BASE}/Users");
     let alice_uri = format!("{BASE}/Users/{alice}");
+    let group_uri = format!("{BASE}/Groups/{group}");
     let evil = json!([{"value": "x@evil.com"}]);
     let cases = [
         (
@@ -1566,6 +1585,36 @@ async fn names_a_folding_backend_would_read_differently_are_refused() {
             format!("{BASE}/Groups"),
             json!({"displayName": "g", "members": [{"value": alice, "va_lue": bob}]}),
         ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User_:emails", "value": evil}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User", "value": {"emails": evil}}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "add", "value": {"urn:ietf:params:scim:schemas:core:2.0:User_": {"emails": evil}}}]}),
+        ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "add", "value": {"urn:ietf:params:scim:schemas:core:2.0:User-:emails": evil}}]}),
+        ),
+        (
+            "PATCH",
+            group_uri.clone(),
+            json!({"Operations": [{"op": "add", "path": "urn:ietf:params:scim:schemas:core:2.0:Group_:members", "value": [{"value": bob}]}]}),
+        ),
+        (
+            "PATCH",
+            group_uri.clone(),
+            json!({"Operations": [{"op": "replace", "value": {"urn:ietf:params:scim:schemas:core:2.0:Group_": {"members": []}}}]}),
+        ),
     ];
     for (method, uri, body) in cases {
         let r = gw.send_json(method, &uri, &gw.t.full, &body).await;
@@ -1577,17 +1626,22 @@ async fn names_a_folding_backend_would_read_differently_are_refused() {
         );
     }
     assert_eq!(gw.backend.all("Users"), before);
-    assert_eq!(gw.backend.count("Groups"), 0);
-    // The stored user whose email a folding reader takes for olga@evil.com reads as missing.
-    let r = gw
-        .send(
-            "GET",
-            &format!("{BASE}/Users/{odd}"),
-            Some(&gw.t.full),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    assert_eq!(gw.backend.count("Groups"), 1);
+    // Stored users a folding reader takes for out-of-domain ones read as missing, and a
+    // group's folded members list is not shown.
+    for id in folded.iter().chain([&odd]) {
+        let r = gw
+            .send("GET", &format!("{BASE}/Users/{id}"), Some(&gw.t.full), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{id}: {:?}", r.body);
+    }
+    let r = gw.send("GET", &group_uri, Some(&gw.t.full), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&bob),
+        "{:?}",
+        r.body
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
