@@ -363,6 +363,10 @@ impl Sim {
                         e.value = None;
                     }
                 }
+                // A backend folding names could read `val_ue` as `value`.
+                (Some(s), _) if !["type", "primary", "display"].contains(&s.as_str()) => {
+                    return Err(format!("unknown emails sub-attribute {s:?}"));
+                }
                 (Some(_), _) => {}
             }
             return Ok(());

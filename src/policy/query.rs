@@ -126,6 +126,19 @@ impl ScimQuery {
         if !self.attributes.is_empty() && !self.excluded.is_empty() {
             return Err("attributes and excludedAttributes cannot be combined".into());
         }
+        // A backend folding names would read `e_mails` as `emails`: excluding it there would
+        // take the addresses out of the answer the gateway judges.
+        if let Some(a) = self
+            .attributes
+            .iter()
+            .chain(&self.excluded)
+            .chain(&self.sort_by)
+            .find(|a| folded_name(a))
+        {
+            return Err(format!(
+                "attribute {a:?} is a spelling of another attribute; write it as the schema does"
+            ));
+        }
         Ok(())
     }
 
@@ -274,6 +287,15 @@ fn push_param(q: &mut String, k: &str, v: &str) {
     q.push_str(k);
     q.push('=');
     q.extend(utf8_percent_encode(v, QUERY_VALUE));
+}
+
+/// Whether an attribute path in `attributes`, `excludedAttributes` or `sortBy` is not ASCII, or
+/// names (before any sub-attribute) something a folding backend reads as `userName`, `emails`,
+/// `members` or a core schema URN.
+fn folded_name(a: &str) -> bool {
+    let bare = crate::policy::user::strip_user_urn(a).unwrap_or(a);
+    let attr = bare.split('.').next().unwrap_or(bare);
+    !a.is_ascii() || crate::policy::user::folded_alias(a) || crate::policy::user::folded_alias(attr)
 }
 
 /// The address attributes an `attributes`/`excludedAttributes` entry names: `emails`,

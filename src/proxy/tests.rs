@@ -1615,6 +1615,16 @@ async fn names_a_folding_backend_would_read_differently_are_refused() {
             group_uri.clone(),
             json!({"Operations": [{"op": "replace", "value": {"urn:ietf:params:scim:schemas:core:2.0:Group_": {"members": []}}}]}),
         ),
+        (
+            "PATCH",
+            alice_uri.clone(),
+            json!({"Operations": [{"op": "remove", "path": "emails[type eq \"work\"].val_ue"}]}),
+        ),
+        (
+            "POST",
+            format!("{users}/.search"),
+            json!({"excludedAttributes": ["e_mails"]}),
+        ),
     ];
     for (method, uri, body) in cases {
         let r = gw.send_json(method, &uri, &gw.t.full, &body).await;
@@ -1642,6 +1652,22 @@ async fn names_a_folding_backend_would_read_differently_are_refused() {
         "{:?}",
         r.body
     );
+    // Nor may a query leave out, under another spelling, the addresses an answer is judged by.
+    for query in [
+        "excludedAttributes=e_mails,user_Name",
+        "excludedAttributes=urn:ietf:params:scim:schemas:core:2.0:User_:emails",
+        "excludedAttributes=e-mails.value",
+        "attributes=id,user_name",
+        "sortBy=e_mails",
+    ] {
+        for uri in [format!("{users}/{bob}?{query}"), format!("{users}?{query}")] {
+            let r = gw.send("GET", &uri, Some(&gw.t.full), None).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {:?}", r.body);
+        }
+    }
+    let uri = format!("{users}/{alice}?excludedAttributes=name.givenName");
+    let r = gw.send("GET", &uri, Some(&gw.t.full), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
 // ---------------------------------------------------------------------------------------------
