@@ -372,7 +372,7 @@ pub fn raw_list_resources(body: &[u8]) -> Option<(Vec<&RawValue>, usize)> {
             let mut resources: Option<Option<Vec<&'de RawValue>>> = None;
             let mut total: Option<usize> = None;
             let mut twice = false;
-            while let Some(super::user::Key(k)) = map.next_key()? {
+            while let Some(crate::scim::json::Key(k)) = map.next_key()? {
                 if k.eq_ignore_ascii_case("Resources") {
                     twice |= resources.is_some();
                     resources = Some(map.next_value()?);

@@ -8,7 +8,7 @@
 //! object) puts the user out of scope. Pure functions over parsed JSON.
 
 use super::domain::DomainSet;
-use crate::scim::json::{is_reserved_name, Keep};
+use crate::scim::json::{is_reserved_name, Keep, Key};
 use serde_json::{Map, Value};
 
 /// The core User schema URN, which may qualify attribute names.
@@ -446,28 +446,6 @@ enum Role {
 struct Scan<'o> {
     out: &'o mut Addresses,
     role: Role,
-}
-
-/// A member name, borrowed from the input unless it had escapes.
-pub(crate) struct Key<'de>(pub(crate) std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(v.into()))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(v.to_owned().into()))
-            }
-        }
-        d.deserialize_str(V)
-    }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Scan<'_> {

@@ -100,30 +100,25 @@ impl<'de> DeserializeSeed<'de> for Strict<'_, 'de> {
     }
 }
 
-/// A member name, borrowed from the body unless it had to be unescaped.
-struct Name;
+/// A member name, borrowed from the input unless it had escapes.
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
-impl<'de> DeserializeSeed<'de> for Name {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Name {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a member name")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -200,7 +195,7 @@ impl<'de> Visitor<'de> for Strict<'_, 'de> {
         let start = self.names.borrow().len();
         // Small objects (nearly all of SCIM) compare in place; large ones switch to a set.
         let mut folded: Option<HashSet<String>> = None;
-        while let Some(key) = map.next_key_seed(Name)? {
+        while let Some(Key(key)) = map.next_key::<Key>()? {
             if !key.is_ascii() {
                 return Err(A::Error::custom(format_args!("non-ASCII key {key:?}")));
             }
