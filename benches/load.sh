@@ -306,12 +306,27 @@ cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
 
 user_json=$(<"$LOAD_DIR/user.json")
 user_json=${user_json//@BACKEND@/$BACKEND_URL}
+# The user's version (meta.version, the ETag) is the one nginx computes for the file it serves
+# the user from, "<mtime>-<size>" in hex, so that nginx's own If-Match check holds it to it.
+# The version is part of the file: a placeholder of its final length is sized first.
+user_mtime=1700000000
+for n in 3 4 5; do
+    probe=${user_json//@VERSION@/$(printf '%x-%0*d' "$user_mtime" "$n" 0)}
+    size_hex=$(printf '%x' "$(printf '%s' "$probe" | wc -c)")
+    ((${#size_hex} == n)) && break
+done
+user_etag=$(printf '"%x-%s"' "$user_mtime" "$size_hex")
+user_json=${user_json//@VERSION@/${user_etag//\"/}}
+mkdir -p "$TMP/backend/www"
+printf '%s' "$user_json" >"$TMP/backend/www/user.json"
+touch -d "@$user_mtime" "$TMP/backend/www/user.json"
 list_json=$(<"$LOAD_DIR/list.json")
 list_json=${list_json//@USER@/$user_json}
 
 render "$LOAD_DIR/backend.nginx.conf" "$TMP/backend/nginx.conf" \
     "DIR=$TMP/backend" "BACKEND_WORKERS=$BACKEND_WORKERS" "BACKEND_PORT=$BACKEND_PORT" \
-    "BACKEND_URL=$BACKEND_URL" "USER=$(nginx_quote "$user_json")" "LIST=$(nginx_quote "$list_json")"
+    "BACKEND_URL=$BACKEND_URL" "USER=$(nginx_quote "$user_json")" "LIST=$(nginx_quote "$list_json")" \
+    "USER_ETAG=$user_etag"
 
 if [[ $ACCESS_LOGS == on ]]; then
     nginx_log="access_log $TMP/nginx/access.log;"

@@ -1641,3 +1641,196 @@ fn a_user_who_left_the_scope_cannot_be_changed_from_a_stale_cache() {
     );
     assert_eq!(backend.state("acme", "Users"), before);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conditional writes (`upstream.conditional_writes`)
+// ---------------------------------------------------------------------------------------------
+
+/// The backend's current version of a user (`meta.version`, its ETag).
+fn version_of(backend: &Backend, id: &str) -> String {
+    let u = backend
+        .get("acme", "Users", id)
+        .unwrap_or_else(|| panic!("user {id} is not in the backend"));
+    u["meta"]["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no meta.version (ETag) in {u}"))
+        .to_owned()
+}
+
+/// The requests the gateway sent about user `id` since `from` (an index into
+/// `backend.forwarded()`), as `METHOD If-Match` strings.
+fn sent_about(backend: &Backend, id: &str, from: usize) -> Vec<String> {
+    backend.forwarded()[from..]
+        .iter()
+        .filter(|r| r.path().ends_with(&format!("/Users/{id}")))
+        .map(|r| format!("{} {}", r.method(), r.get("HTTP_IF_MATCH").unwrap_or("-")))
+        .collect()
+}
+
+fn rename(display: &str) -> Value {
+    json!({
+        "schemas": [PATCH_SCHEMA],
+        "Operations": [{ "op": "replace", "path": "displayName", "value": display }]
+    })
+}
+
+#[test]
+fn pinned_writes_are_judged_on_the_cached_user_and_never_land_on_a_user_changed_since() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let id = seed(&backend, "ada@acme.com", &["ada@acme.com"]);
+
+    // First write: the user is read (nothing cached), and the write is pinned to what was read.
+    let v1 = version_of(&backend, &id);
+    let mark = backend.forwarded().len();
+    let r = gw.send(Req::patch(&acme(&format!("/Users/{id}")), &rename("Ada")).bearer(&token));
+    assert_2xx_patch(&r);
+    assert_eq!(
+        sent_about(&backend, &id, mark),
+        vec!["GET -".to_owned(), format!("PATCH {v1}")]
+    );
+
+    // scim2-server answers a PATCH with 204 and no body: nothing to cache, so the next write
+    // reads the user again. A PUT's answer is the whole user at its new version.
+    let v2 = version_of(&backend, &id);
+    assert_ne!(v1, v2);
+    let mark = backend.forwarded().len();
+    let put = user_with("ada@acme.com", &["ada@acme.com", "ada@sub.acme.io"]);
+    gw.send(Req::put(&acme(&format!("/Users/{id}")), &put).bearer(&token))
+        .expect(200);
+    assert_eq!(
+        sent_about(&backend, &id, mark),
+        vec!["GET -".to_owned(), format!("PUT {v2}")]
+    );
+
+    // The next write is judged on the copy the PUT's answer left: no read, pinned to it.
+    let v3 = version_of(&backend, &id);
+    let mark = backend.forwarded().len();
+    let r = gw.send(Req::patch(&acme(&format!("/Users/{id}")), &rename("Ada L.")).bearer(&token));
+    assert_2xx_patch(&r);
+    assert_eq!(sent_about(&backend, &id, mark), vec![format!("PATCH {v3}")]);
+    assert_eq!(
+        backend.get("acme", "Users", &id).unwrap()["displayName"],
+        "Ada L."
+    );
+
+    // Someone else moves a user out of the domains, straight at the backend, after the gateway
+    // cached it. The pinned write is refused by the backend (412); the gateway reads the user
+    // afresh, sees it outside the domains and answers 404 without writing again.
+    let moved = |m: &Method| {
+        let to = format!("{m}@evil.com");
+        json!({
+            "schemas": [PATCH_SCHEMA],
+            "Operations": [
+                { "op": "replace", "path": "userName", "value": to },
+                { "op": "replace", "path": "emails", "value": [{ "value": to, "primary": true }] }
+            ]
+        })
+    };
+    for method in [Method::PATCH, Method::PUT, Method::DELETE] {
+        let id = seed(
+            &backend,
+            &format!("{method}@acme.com"),
+            &[&format!("{method}@acme.com")],
+        );
+        let path = acme(&format!("/Users/{id}"));
+        // Caches the user at the version of this write's answer.
+        let mine = user_with(
+            &format!("{method}@acme.com"),
+            &[&format!("{method}@acme.com")],
+        );
+        gw.send(Req::put(&path, &mine).bearer(&token)).expect(200);
+        let cached = version_of(&backend, &id);
+        backend
+            .send(Req::patch(&format!("/acme/v2/Users/{id}"), &moved(&method)))
+            .expect(204);
+        let before = users(&backend);
+        let mark = backend.forwarded().len();
+        let req = match method {
+            Method::PATCH => Req::patch(&path, &rename("mine now")),
+            Method::PUT => Req::put(&path, &user_with("back@acme.com", &["back@acme.com"])),
+            _ => Req::delete(&path),
+        };
+        let (r, log) = send_logged(&gw, req.bearer(&token));
+        assert_denied(method.as_str(), &r, &log, 404, "domain_out_of_scope");
+        assert_eq!(
+            sent_about(&backend, &id, mark),
+            vec![format!("{method} {cached}"), "GET -".to_owned()],
+            "{method}: the write should go out pinned to the cached version, be refused, and \
+             the user be read afresh"
+        );
+        assert_eq!(
+            users(&backend),
+            before,
+            "{method}: the moved user was changed"
+        );
+    }
+}
+
+#[test]
+fn a_clients_if_match_is_evaluated_against_the_version_judged() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let id = seed(&backend, "grace@acme.com", &["grace@acme.com"]);
+    let path = acme(&format!("/Users/{id}"));
+    let v1 = version_of(&backend, &id);
+
+    // A stale or unknown version: 412 from the gateway, nothing written.
+    let before = users(&backend);
+    for stale in [r#"W/"not-a-version""#, r#""0", W/"00""#] {
+        let r = gw.send(
+            Req::patch(&path, &rename("x"))
+                .bearer(&token)
+                .header("if-match", stale),
+        );
+        let body = assert_scim_error(&r, 412);
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains("If-Match"),
+            "{body}"
+        );
+    }
+    // Not a list of entity tags: 400.
+    for bad in ["v1", r#"W/"1", *"#] {
+        let r = gw.send(
+            Req::patch(&path, &rename("x"))
+                .bearer(&token)
+                .header("if-match", bad),
+        );
+        assert_scim_error(&r, 400);
+    }
+    assert_eq!(users(&backend), before);
+    assert!(
+        forwarded_writes(&backend).is_empty(),
+        "{:?}",
+        forwarded_writes(&backend)
+    );
+
+    // The current version, weakly compared, among others; and `*`: the write goes through,
+    // pinned to the version the gateway read (never the client's list).
+    let strong = v1.trim_start_matches("W/").to_owned();
+    let mark = backend.forwarded().len();
+    let r = gw.send(
+        Req::patch(&path, &rename("Grace"))
+            .bearer(&token)
+            .header("if-match", &format!(r#""0", {strong}"#)),
+    );
+    assert_2xx_patch(&r);
+    assert_eq!(
+        sent_about(&backend, &id, mark),
+        vec!["GET -".to_owned(), format!("PATCH {v1}")]
+    );
+    let v2 = version_of(&backend, &id);
+    let r = gw.send(
+        Req::patch(&path, &rename("Grace H."))
+            .bearer(&token)
+            .header("if-match", "*"),
+    );
+    assert_2xx_patch(&r);
+    assert_eq!(
+        backend.get("acme", "Users", &id).unwrap()["displayName"],
+        "Grace H."
+    );
+    assert_ne!(version_of(&backend, &id), v2);
+}

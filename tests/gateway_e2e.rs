@@ -28,6 +28,7 @@ fn setup_without_backend() -> Setup {
         upstream_timeout: "5s".into(),
         max_body_bytes: 65536,
         shutdown_grace: "5s".into(),
+        conditional_writes: false,
     };
     Setup::new(&opts, "backend-unused")
 }

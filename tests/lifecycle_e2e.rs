@@ -360,6 +360,7 @@ fn a_request_in_flight_finishes_across_reloads() {
         upstream_timeout: "120s".into(),
         max_body_bytes: 65536,
         shutdown_grace: "5s".into(),
+        conditional_writes: false,
     };
     let setup = Setup::new(&opts, "backend-unused");
     let g = setup.issue("globex", "globex-entra", &[]);

@@ -274,6 +274,13 @@ pub struct UpstreamSection {
     /// Largest upstream response body the gateway buffers for inspection (502 beyond).
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// The operator's word that the backend applies `If-Match` to user writes atomically (RFC
+    /// 7644 §3.14) and gives each user an `ETag`. The gateway then pins every user PUT, PATCH
+    /// and DELETE to the version of the user it judged, and may judge one on its cached copy:
+    /// a user changed meanwhile makes the backend refuse the write (412), and the gateway reads
+    /// it afresh and tries once more. Off, every such write reads the user first, unpinned.
+    #[serde(default)]
+    pub conditional_writes: bool,
 }
 
 fn default_upstream_timeout() -> HumanDuration {

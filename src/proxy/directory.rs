@@ -23,7 +23,17 @@ const USER_CAPACITY: u64 = 100_000;
 /// The shared user cache: each user's address projection
 /// ([`crate::policy::user::address_projection`]), a few hundred bytes rather than its tree.
 pub struct Directory {
-    users: Cache<(Arc<str>, Box<str>), Arc<Value>>,
+    users: Cache<(Arc<str>, Box<str>), Arc<StoredUser>>,
+}
+
+/// A stored user as the gateway judges it.
+#[derive(Debug)]
+pub struct StoredUser {
+    /// Its address projection: enough to judge it and to simulate a PATCH on it.
+    pub projection: Value,
+    /// The `ETag` the backend answered with, if any: the version a write judged on this copy
+    /// is pinned to (`If-Match`), when the backend honours that (`upstream.conditional_writes`).
+    pub version: Option<HeaderValue>,
 }
 
 impl Default for Directory {
@@ -40,6 +50,17 @@ impl Default for Directory {
 impl Directory {
     pub fn invalidate(&self, tenant: &Arc<str>, id: &str) {
         self.users.invalidate(&(tenant.clone(), id.into()));
+    }
+
+    /// The cached copy of a user, if any, without asking the backend.
+    pub fn cached(&self, tenant: &Arc<str>, id: &str) -> Option<Arc<StoredUser>> {
+        self.users.get(&(tenant.clone(), id.into()))
+    }
+
+    /// Caches what the backend answered a write with: the user as stored, at `version`.
+    pub fn remember(&self, tenant: &Arc<str>, id: &str, user: StoredUser) {
+        self.users
+            .insert((tenant.clone(), id.into()), Arc::new(user));
     }
 }
 
@@ -158,16 +179,15 @@ fn get_op(rt: ResourceType, id: &str) -> Operation {
     }
 }
 
-/// The stored user with `id` (its address projection: enough to judge it and to simulate a
-/// PATCH on it), or `None` when the backend has none. `fresh` skips the cache (write
-/// decisions); the answer refreshes it either way.
+/// The stored user with `id`, or `None` when the backend has none. `fresh` skips the cache
+/// (write decisions); the answer refreshes it either way.
 pub async fn user<S>(
     dir: &Directory,
     inner: &S,
     origin: &Origin,
     id: &str,
     fresh: bool,
-) -> Result<Option<Arc<Value>>, BoxError>
+) -> Result<Option<Arc<StoredUser>>, BoxError>
 where
     S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
 {
@@ -184,8 +204,17 @@ where
     .await?;
     match resp.status() {
         StatusCode::OK => {
+            let version = resp
+                .headers()
+                .get(header::ETAG)
+                .filter(|v| crate::scim::etag::is_entity_tag(v))
+                .cloned();
             // Only what judging needs is kept: the address attributes, never the whole tree.
-            let v = Arc::new(parse_body(resp, crate::policy::user::address_projection).await?);
+            let projection = parse_body(resp, crate::policy::user::address_projection).await?;
+            let v = Arc::new(StoredUser {
+                projection,
+                version,
+            });
             dir.users.insert(key, v.clone());
             Ok(Some(v))
         }

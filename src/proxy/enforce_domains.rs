@@ -10,7 +10,7 @@
 //! refusal is logged as `would_deny` and the request proceeds untouched.
 
 use super::access_log::RecordHandle;
-use super::directory::{self, Directory, Origin};
+use super::directory::{self, Directory, Origin, StoredUser};
 use super::{Authenticated, GatewayResponse, Routed, Snapshot};
 use crate::config::Mode;
 use crate::policy::bulk::{parse_bulk, MAX_OPERATIONS};
@@ -21,9 +21,9 @@ use crate::policy::query::{
 use crate::policy::route::{Endpoint, OpKind, Operation, ResourceType};
 use crate::policy::scope::authorize;
 use crate::policy::user::{
-    check_attribute_names, folded_alias, get_ci, scan_user_addresses, unknown_member,
-    user_write_member, AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS, MEMBER_SUB_ATTRS,
-    USER_ATTRS,
+    address_projection, check_attribute_names, folded_alias, get_ci, scan_user_addresses,
+    unknown_member, user_write_member, AddressAttr, DomainPolicy, OutOfScope, GROUP_ATTRS,
+    MEMBER_SUB_ATTRS, USER_ATTRS,
 };
 use crate::scim::error::GatewayError;
 use crate::scim::json::{parse_strict_keeping, Keep, MAX_DEPTH};
@@ -112,6 +112,13 @@ where
     }
 }
 
+/// The stored user a write was judged on, if it names one, and whether that was the cached copy.
+#[derive(Default)]
+struct JudgedOn {
+    user: Option<Arc<StoredUser>>,
+    cached: bool,
+}
+
 /// Everything one request is judged by.
 struct Ctx<S> {
     inner: S,
@@ -158,28 +165,44 @@ where
     }
 
     /// The stored user `id` if it is in scope; otherwise the same 404 a missing user gets.
-    async fn owned_user(&self, id: &str) -> Result<Option<Arc<Value>>, BoxError> {
-        // Writes are judged on the stored user as it is now, never on a cached copy: a user
-        // who left the scope a moment ago must not be changed.
-        let user = directory::user(&self.dir, &self.inner, &self.origin, id, true).await?;
-        let visible = match &user {
-            Some(u) => self.policy().judge_user(u).map_err(|e| e.reason()),
-            None => Err("resource_missing"),
-        };
-        match visible {
-            Ok(()) => Ok(user),
-            Err(reason) => {
-                self.verdict(Err(GatewayError::Hidden { reason }))?;
-                Ok(user)
+    ///
+    /// Writes are judged on the stored user as it is now: a user who left the scope a moment
+    /// ago must not be changed. So the user is read afresh, unless `cached_ok` (the write will
+    /// be pinned to the version it is judged on, and the backend refuses it if the user has
+    /// changed since) and the cached copy has a version and is in scope.
+    async fn owned_user(&self, id: &str, cached_ok: bool) -> Result<JudgedOn, BoxError> {
+        if cached_ok {
+            if let Some(u) = self.dir.cached(&self.origin.tenant.id, id) {
+                if u.version.is_some() && self.policy().judge_user(&u.projection).is_ok() {
+                    return Ok(JudgedOn {
+                        user: Some(u),
+                        cached: true,
+                    });
+                }
             }
         }
+        let user = directory::user(&self.dir, &self.inner, &self.origin, id, true).await?;
+        let visible = match &user {
+            Some(u) => self
+                .policy()
+                .judge_user(&u.projection)
+                .map_err(|e| e.reason()),
+            None => Err("resource_missing"),
+        };
+        if let Err(reason) = visible {
+            self.verdict(Err(GatewayError::Hidden { reason }))?;
+        }
+        Ok(JudgedOn {
+            user,
+            cached: false,
+        })
     }
 
     /// Whether `id` names a user this token may see.
     async fn visible_user(&self, id: &str) -> Result<bool, BoxError> {
         Ok(
             match directory::user(&self.dir, &self.inner, &self.origin, id, false).await? {
-                Some(u) => self.policy().judge_user(&u).is_ok(),
+                Some(u) => self.policy().judge_user(&u.projection).is_ok(),
                 None => false,
             },
         )
@@ -239,15 +262,18 @@ where
     }
 
     /// Judges one write as if it were sent alone. `created` holds `bulkId:…` references to
-    /// resources earlier operations of the same Bulk request create.
+    /// resources earlier operations of the same Bulk request create. Answers with the stored
+    /// user a user PUT, PATCH or DELETE was judged on; `cached_ok` as for [`Self::owned_user`].
     async fn check_write(
         &self,
         op: &Operation,
         body: Option<&Value>,
         created: &HashSet<String>,
-    ) -> Result<(), BoxError> {
+        cached_ok: bool,
+    ) -> Result<JudgedOn, BoxError> {
         let id = op.id.as_deref();
         let fresh = id.is_some_and(|i| created.contains(i));
+        let mut judged = JudgedOn::default();
         match (op.endpoint, op.kind) {
             (Endpoint::Resource(ResourceType::User), OpKind::Create) => {
                 let body = body.ok_or(missing_body())?;
@@ -258,19 +284,17 @@ where
                 let body = body.ok_or(missing_body())?;
                 check_attribute_names(body, USER_ATTRS).map_err(unknown_attribute)?;
                 if !fresh {
-                    self.owned_user(id.unwrap_or_default()).await?;
+                    judged = self.owned_user(id.unwrap_or_default(), cached_ok).await?;
                 }
                 self.judge_new_user(body)?;
             }
             (Endpoint::Resource(ResourceType::User), OpKind::Patch) => {
                 let body = body.ok_or(missing_body())?;
-                let current = if fresh {
-                    None
-                } else {
-                    self.owned_user(id.unwrap_or_default()).await?
-                };
+                if !fresh {
+                    judged = self.owned_user(id.unwrap_or_default(), cached_ok).await?;
+                }
                 let none = Value::Object(Default::default());
-                let current = current.as_deref().unwrap_or(&none);
+                let current = judged.user.as_deref().map_or(&none, |u| &u.projection);
                 match judge_user_patch(current, body, &self.policy()) {
                     Ok(()) => {}
                     Err(PatchDenial::Invalid(d)) => {
@@ -288,7 +312,7 @@ where
                 }
             }
             (Endpoint::Resource(ResourceType::User), OpKind::Delete) if !fresh => {
-                self.owned_user(id.unwrap_or_default()).await?;
+                judged = self.owned_user(id.unwrap_or_default(), cached_ok).await?;
             }
             (Endpoint::Resource(ResourceType::Group), OpKind::Create | OpKind::Replace) => {
                 let body = body.ok_or(missing_body())?;
@@ -321,7 +345,68 @@ where
             }
             _ => {}
         }
-        Ok(())
+        Ok(judged)
+    }
+
+    /// A user PUT, PATCH or DELETE pinned to the version of the user it is judged on
+    /// (`upstream.conditional_writes`): the backend gets `If-Match` with that version and
+    /// refuses the write (412) if the user has changed since, so no change lands on a user the
+    /// judgement did not see. A write judged on the cached copy that the backend refuses is
+    /// judged again on a fresh read and sent once more. The client's own `If-Match` is
+    /// evaluated here against the version judged; only the gateway's goes to the backend.
+    async fn pinned_write(
+        &self,
+        op: &Operation,
+        body: Option<&Value>,
+        mut req: Request<Bytes>,
+    ) -> Result<GatewayResponse, BoxError> {
+        let client: Vec<HeaderValue> = req
+            .headers()
+            .get_all(header::IF_MATCH)
+            .iter()
+            .cloned()
+            .collect();
+        req.headers_mut().remove(header::IF_MATCH);
+        // With a condition of its own, the client means the user as stored now.
+        let mut cached_ok = client.is_empty();
+        let none = HashSet::new();
+        for attempt in 0..2 {
+            let judged = self.check_write(op, body, &none, cached_ok).await?;
+            if attempt == 0 {
+                self.charge_blast([(op, body)])?;
+            }
+            let mut sent = req.clone();
+            let version = judged.user.as_ref().and_then(|u| u.version.clone());
+            match version {
+                Some(v) => {
+                    if !client.is_empty() {
+                        let allowed =
+                            crate::scim::etag::if_match_allows(&client, &v).map_err(|e| {
+                                GatewayError::bad_request("bad_if_match", e.to_string())
+                            })?;
+                        if !allowed {
+                            return Err(GatewayError::PreconditionFailed.into());
+                        }
+                    }
+                    sent.headers_mut().insert(header::IF_MATCH, v);
+                }
+                // A backend that gave no version gets the client's condition as it came.
+                None => {
+                    for v in &client {
+                        sent.headers_mut().append(header::IF_MATCH, v.clone());
+                    }
+                }
+            }
+            let resp = self.forward(sent).await?;
+            if resp.status() == StatusCode::PRECONDITION_FAILED && judged.cached {
+                // The cached copy was out of date: judge the user as it is now.
+                self.invalidate(op);
+                cached_ok = false;
+                continue;
+            }
+            return Ok(resp);
+        }
+        Err(GatewayError::Internal("a pinned write retried past its bound").into())
     }
 
     /// Charges the token's blast-radius caps for destructive operations (429 beyond).
@@ -680,7 +765,7 @@ where
             let mut created = HashSet::new();
             for b in &ops {
                 // One refused operation fails the whole request before anything is forwarded.
-                ctx.check_write(&b.op, b.data, &created).await?;
+                ctx.check_write(&b.op, b.data, &created, false).await?;
                 if let (true, Some(id)) = (b.method == Method::POST, b.bulk_id) {
                     created.insert(format!("bulkId:{id}"));
                 }
@@ -721,12 +806,21 @@ where
     let empty = HashSet::new();
     match (op.endpoint, op.kind) {
         (_, OpKind::Create | OpKind::Replace | OpKind::Patch | OpKind::Delete) => {
-            ctx.check_write(&op, body.as_ref(), &empty).await?;
-            ctx.charge_blast([(&op, body.as_ref())])?;
-            let resp = ctx.forward(req).await?;
+            let pinned =
+                users && op.kind != OpKind::Create && ctx.origin.tenant.upstream.conditional_writes;
+            let resp = if pinned {
+                ctx.pinned_write(&op, body.as_ref(), req).await?
+            } else {
+                ctx.check_write(&op, body.as_ref(), &empty, false).await?;
+                ctx.charge_blast([(&op, body.as_ref())])?;
+                ctx.forward(req).await?
+            };
             ctx.invalidate(&op);
             if users && matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch) {
-                return post_write_check(&ctx, resp).await;
+                // The answer to a pinned write is the whole user at its new version (no
+                // `attributes` trimmed it): the next write may be judged on it.
+                let remember = op.id.as_deref().filter(|_| pinned && forwarded.is_empty());
+                return post_write_check(&ctx, resp, remember).await;
             }
             if !users && resp.status().is_success() && !ctx.report_only {
                 // A group written back to the client shows only the members it may see, as
@@ -891,9 +985,14 @@ fn set_query(req: &mut Request<Bytes>, query: &str) -> Result<(), GatewayError> 
 /// After a user write the backend answers with the stored user. If the backend's reading of
 /// the write differed from the gateway's and the user is now outside the token's domains, the
 /// write cannot be undone, but the client is not shown the user and the log says so loudly.
+///
+/// With `remember` (the id of a user written by a pinned write) and an `ETag` on the answer,
+/// the answer is read as the projection writes are judged on, judged, and cached at that
+/// version for the next write.
 async fn post_write_check<S>(
     ctx: &Ctx<S>,
     resp: GatewayResponse,
+    remember: Option<&str>,
 ) -> Result<GatewayResponse, BoxError>
 where
     S: Inner,
@@ -903,11 +1002,31 @@ where
     }
     let (parts, bytes) = split(resp).await;
     if !bytes.is_empty() {
-        // An answer the gateway cannot read is not passed on: it could hold any user.
-        let addresses = scan_user_addresses(&bytes).map_err(|_| {
-            GatewayError::UpstreamInvalid("the backend's answer to a write is not JSON")
-        })?;
-        if let Err(e) = ctx.policy().judge(&addresses) {
+        let unreadable =
+            || GatewayError::UpstreamInvalid("the backend's answer to a write is not JSON");
+        let version = parts
+            .headers
+            .get(header::ETAG)
+            .filter(|v| crate::scim::etag::is_entity_tag(v));
+        let judged = match (remember, version) {
+            (Some(id), Some(version)) => {
+                let projection = address_projection(&bytes).map_err(|_| unreadable())?;
+                let judged = ctx.policy().judge_user(&projection);
+                if judged.is_ok() {
+                    let user = StoredUser {
+                        projection,
+                        version: Some(version.clone()),
+                    };
+                    ctx.dir.remember(&ctx.origin.tenant.id, id, user);
+                }
+                judged
+            }
+            // An answer the gateway cannot read is not passed on: it could hold any user.
+            _ => ctx
+                .policy()
+                .judge(&scan_user_addresses(&bytes).map_err(|_| unreadable())?),
+        };
+        if let Err(e) = judged {
             tracing::error!(
                 reason = e.reason(),
                 tenant = &*ctx.origin.tenant.id,

@@ -26,6 +26,8 @@ pub struct Upstream {
     authorization: Option<HeaderValue>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
+    /// `upstream.conditional_writes`: the backend honours `If-Match` on user writes.
+    pub conditional_writes: bool,
     /// One pool per shard ([`crate::shard`]): a shard's requests use connections its own
     /// runtime drives.
     clients: Box<[UpstreamClient]>,
@@ -80,6 +82,7 @@ impl Upstream {
             authorization,
             timeout: section.timeout.0,
             max_response_bytes: section.max_response_bytes,
+            conditional_writes: section.conditional_writes,
             clients,
         })
     }

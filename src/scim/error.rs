@@ -56,6 +56,9 @@ pub enum GatewayError {
         scim_type: Option<&'static str>,
         detail: Cow<'static, str>,
     },
+    /// The client's `If-Match` names no version the user has (RFC 7644 §3.14).
+    #[error("the user has changed since the version the If-Match header names")]
+    PreconditionFailed,
     #[error("the client did not send the request in time")]
     RequestTimeout,
     #[error("the backend is unreachable: {0}")]
@@ -117,6 +120,7 @@ impl GatewayError {
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BadRequest { .. } => StatusCode::BAD_REQUEST,
+            PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UpstreamUnavailable(_) | UpstreamInvalid(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -140,6 +144,7 @@ impl GatewayError {
             Forbidden { reason, .. } | Hidden { reason } | BadRequest { reason, .. } => reason,
             BodyTooLarge(_) => "body_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",
+            PreconditionFailed => "precondition_failed",
             RequestTimeout => "request_timeout",
             UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",

@@ -2,6 +2,7 @@
 //! parsing, and rewriting of the backend's URLs to the gateway's public ones.
 
 pub mod error;
+pub mod etag;
 pub mod json;
 pub mod rewrite;
 

@@ -1058,6 +1058,8 @@ pub struct GatewayOptions {
     pub upstream_timeout: String,
     pub max_body_bytes: usize,
     pub shutdown_grace: String,
+    /// `upstream.conditional_writes` for both (adds a line after `upstream.timeout` when set).
+    pub conditional_writes: bool,
 }
 
 impl GatewayOptions {
@@ -1068,6 +1070,7 @@ impl GatewayOptions {
             upstream_timeout: "5s".into(),
             max_body_bytes: 65536,
             shutdown_grace: "5s".into(),
+            conditional_writes: false,
         }
     }
 
@@ -1084,6 +1087,7 @@ impl GatewayOptions {
              \x20 url: {acme}\n\
              \x20 authorization: \"Bearer ${{SCIMGATE_TEST_BACKEND}}\"\n\
              \x20 timeout: {timeout}\n\
+             {conditional}\
              tenants:\n\
              \x20 - id: acme\n\
              \x20   path_prefix: /acme/scim/v2\n\
@@ -1091,7 +1095,7 @@ impl GatewayOptions {
              \x20 - id: globex\n\
              \x20   path_prefix: /globex/scim/v2\n\
              \x20   domains: [globex.com]\n\
-             \x20   upstream: {{ url: \"{globex}\", authorization: \"Bearer ${{SCIMGATE_TEST_BACKEND}}\", timeout: {timeout} }}\n\
+             \x20   upstream: {{ url: \"{globex}\", authorization: \"Bearer ${{SCIMGATE_TEST_BACKEND}}\", timeout: {timeout}{globex_conditional} }}\n\
              tokens_file: tokens.yaml\n\
              audit: {{ sink: file, path: audit.log }}\n",
             max_body = self.max_body_bytes,
@@ -1099,6 +1103,16 @@ impl GatewayOptions {
             acme = self.acme_upstream,
             globex = self.globex_upstream,
             timeout = self.upstream_timeout,
+            conditional = if self.conditional_writes {
+                "  conditional_writes: true\n"
+            } else {
+                ""
+            },
+            globex_conditional = if self.conditional_writes {
+                ", conditional_writes: true"
+            } else {
+                ""
+            },
         )
     }
 }
@@ -1293,6 +1307,7 @@ pub fn foreign_token() -> String {
         upstream_timeout: "5s".into(),
         max_body_bytes: 65536,
         shutdown_grace: "5s".into(),
+        conditional_writes: false,
     };
     Setup::new(&opts, "unused").issue("acme", "foreign", &[])
 }
