@@ -24,7 +24,9 @@
 # Environment: ROUNDS (default 3), DURATION (s, default 5), WARMUP (s, default 2), CONNECTIONS (default 32),
 # PROXY_WORKERS (nginx workers / HAProxy threads, default: nproc), BACKEND_WORKERS (default 1),
 # ACCESS_LOGS (on|off, default on: every proxy writes one access-log line per request to a file,
-# as scimgate always does; off: none does), KEEP_TMP=1 (keep the temporary directory),
+# as scimgate always does; off: none does), CONDITIONAL_WRITES (on|off, default on: scimgate's
+# upstream.conditional_writes, which the static backend honours), KEEP_TMP=1 (keep the
+# temporary directory),
 # TARGETS and SCENARIOS (space-separated subsets, e.g. TARGETS="nginx scimgate" SCENARIOS=get),
 # PGO=1 (measure target/pgo/release/scimgate, the profile-guided build of scripts/build-pgo,
 # built first when missing or older than the sources; the report goes to latest-pgo.md),
@@ -63,6 +65,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 PROXY_WORKERS=${PROXY_WORKERS:-$(nproc)}
 BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 ACCESS_LOGS=${ACCESS_LOGS:-on}
+CONDITIONAL_WRITES=${CONDITIONAL_WRITES:-on}
 KEEP_TMP=${KEEP_TMP:-0}
 
 read -r -a TARGETS <<<"${TARGETS:-backend nginx haproxy bare scimgate}"
@@ -351,7 +354,8 @@ render "$LOAD_DIR/haproxy.cfg" "$TMP/haproxy/haproxy.cfg" \
     "HAPROXY_LOG_DEFAULTS=$haproxy_log_defaults"
 render "$LOAD_DIR/scimgate.yaml" "$TMP/scimgate/gateway.yaml" \
     "SCIMGATE_PORT=$SCIMGATE_PORT" "ADMIN_PORT=$ADMIN_PORT" "TLS_DIR=$TLS_DIR" \
-    "BACKEND_URL=$BACKEND_URL" "SCIMGATE_AUDIT=$scimgate_audit"
+    "BACKEND_URL=$BACKEND_URL" "SCIMGATE_AUDIT=$scimgate_audit" \
+    "CONDITIONAL_WRITES=$([[ $CONDITIONAL_WRITES == on ]] && echo true || echo false)"
 
 # The token: secret alone on stdout line 1; the token file gets only its hash.
 issue_out=$("$BIN" token issue --config "$TMP/scimgate/gateway.yaml" --tenant acme --id bench \
@@ -733,9 +737,16 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo "- scimgate: TLS, path normalisation, token (checksum, hash lookup, expiry), tenant route,"
     echo "  scope, rate and concurrency limits, strict JSON parse of bodies, email-domain checks on"
     echo "  the request and on the answer, backend credential swap, rewriting backend URLs"
-    echo "  (Location, meta.location, \$ref) to the public prefix. A PATCH first reads the stored"
-    echo "  user from the backend (its cache entry is invalidated by every write through the"
-    echo "  gateway), so it costs two backend requests; a list is re-paged by the gateway."
+    echo "  (Location, meta.location, \$ref) to the public prefix; a list is re-paged by the gateway."
+    if [[ $CONDITIONAL_WRITES == on ]]; then
+        echo "  CONDITIONAL_WRITES=on (upstream.conditional_writes): a PATCH is judged on the user as"
+        echo "  the answer to the previous PATCH left it (cached with its ETag) and sent with If-Match"
+        echo "  on that version, which the backend checks: one backend request. The first PATCH to"
+        echo "  the user (and any after a 412) reads the user first."
+    else
+        echo "  CONDITIONAL_WRITES=off: a PATCH first reads the stored user from the backend, fresh,"
+        echo "  so it costs two backend requests."
+    fi
     echo
     echo "## wrk output"
     echo

@@ -815,11 +815,17 @@ where
                 ctx.charge_blast([(&op, body.as_ref())])?;
                 ctx.forward(req).await?
             };
-            ctx.invalidate(&op);
+            // The answer to a pinned PUT or PATCH is the whole user at its new version (no
+            // `attributes` trimmed it): the next write may be judged on it. Its cache entry is
+            // then replaced (or dropped) by `post_write_check`.
+            let remember = op
+                .id
+                .as_deref()
+                .filter(|_| pinned && op.kind != OpKind::Delete && forwarded.is_empty());
+            if remember.is_none() {
+                ctx.invalidate(&op);
+            }
             if users && matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch) {
-                // The answer to a pinned write is the whole user at its new version (no
-                // `attributes` trimmed it): the next write may be judged on it.
-                let remember = op.id.as_deref().filter(|_| pinned && forwarded.is_empty());
                 return post_write_check(&ctx, resp, remember).await;
             }
             if !users && resp.status().is_success() && !ctx.report_only {
@@ -997,11 +1003,19 @@ async fn post_write_check<S>(
 where
     S: Inner,
 {
+    let forget = || {
+        if let Some(id) = remember {
+            ctx.dir.invalidate(&ctx.origin.tenant.id, id);
+        }
+    };
     if !resp.status().is_success() || ctx.report_only {
+        forget();
         return Ok(resp);
     }
     let (parts, bytes) = split(resp).await;
-    if !bytes.is_empty() {
+    if bytes.is_empty() {
+        forget();
+    } else {
         let unreadable =
             || GatewayError::UpstreamInvalid("the backend's answer to a write is not JSON");
         let version = parts
@@ -1010,7 +1024,10 @@ where
             .filter(|v| crate::scim::etag::is_entity_tag(v));
         let judged = match (remember, version) {
             (Some(id), Some(version)) => {
-                let projection = address_projection(&bytes).map_err(|_| unreadable())?;
+                let projection = address_projection(&bytes).map_err(|_| {
+                    forget();
+                    unreadable()
+                })?;
                 let judged = ctx.policy().judge_user(&projection);
                 if judged.is_ok() {
                     let user = StoredUser {
@@ -1018,13 +1035,17 @@ where
                         version: Some(version.clone()),
                     };
                     ctx.dir.remember(&ctx.origin.tenant.id, id, user);
+                } else {
+                    forget();
                 }
                 judged
             }
             // An answer the gateway cannot read is not passed on: it could hold any user.
-            _ => ctx
-                .policy()
-                .judge(&scan_user_addresses(&bytes).map_err(|_| unreadable())?),
+            _ => {
+                forget();
+                ctx.policy()
+                    .judge(&scan_user_addresses(&bytes).map_err(|_| unreadable())?)
+            }
         };
         if let Err(e) = judged {
             tracing::error!(
