@@ -2840,3 +2840,84 @@ fn resource_bodies_may_only_name_core_attributes_or_extensions() {
     .is_ok());
     assert!(check_attribute_names(&serde_json::json!({"member": []}), GROUP_ATTRS).is_err());
 }
+
+/// `folded_alias` answers names of letters and digits alone without the general path: this
+/// compares it with the general rule (written out here) on every such spelling that matters.
+#[test]
+fn folded_alias_takes_plain_names_as_the_general_rule_does() {
+    use crate::policy::user::{folded_alias, is_user_urn, strip_user_urn, USER_URN};
+    fn fold(s: &str) -> String {
+        s.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| b.to_ascii_lowercase() as char)
+            .collect()
+    }
+    fn general(name: &str) -> bool {
+        let starts = |known: &str| fold(name).starts_with(&fold(known));
+        let bare = match strip_user_urn(name) {
+            Some(bare) => bare,
+            None if is_user_urn(name) => return false,
+            None if starts(USER_URN) || starts(GROUP_URN) => return true,
+            None => name,
+        };
+        ["userName", "emails", "members"]
+            .iter()
+            .any(|a| !bare.eq_ignore_ascii_case(a) && fold(bare) == fold(a))
+    }
+    let mut names: Vec<String> = Vec::new();
+    let base = [
+        "userName",
+        "emails",
+        "members",
+        "value",
+        "givenName",
+        "id",
+        "meta",
+        "schemas",
+        "USERNAME",
+        "eMails",
+        "Members",
+        "user",
+        "email",
+        "membersx",
+        "xemails",
+        "urnietfparamsscimschemascore20User",
+        "URNIETFPARAMSSCIMSCHEMASCORE20GROUP",
+        "urnietfparamsscimschemascore20Userx",
+        "urnietfparamsscimschemascore20Use",
+        "urnietfparamsscimschemascore20Grou",
+        "urnietfparamsscimschemasextension20User",
+        USER_URN,
+        GROUP_URN,
+        "user_Name",
+        "e-mails",
+        "mem.bers",
+        "e_mails_",
+    ];
+    for b in base {
+        names.push(b.to_owned());
+        names.push(format!("{b}1"));
+        names.push(format!("{USER_URN}:{b}"));
+        names.push(b.to_ascii_uppercase());
+        names.push(b.replace(':', ""));
+        names.push(b.replace([':', '.'], ""));
+    }
+    // Every string of up to three characters over letters and digits that start or end the
+    // names above, and a few punctuation marks.
+    let alphabet: Vec<char> = "uUeEmMsS0_:-".chars().collect();
+    let mut short = vec![String::new()];
+    for _ in 0..3 {
+        let next: Vec<String> = short
+            .iter()
+            .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+            .collect();
+        names.extend(next.iter().cloned());
+        short = next;
+    }
+    for n in &names {
+        assert_eq!(folded_alias(n), general(n), "{n:?}");
+    }
+    assert!(folded_alias("urnietfparamsscimschemascore20User"));
+    assert!(folded_alias("e_mails"));
+    assert!(!folded_alias("eMails"));
+}

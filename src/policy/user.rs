@@ -77,6 +77,25 @@ fn folded(s: &str) -> impl Iterator<Item = u8> + '_ {
         .map(|b| b.to_ascii_lowercase())
 }
 
+/// How many letters and digits a string has: its length folded.
+const fn folded_len(s: &str) -> usize {
+    let (b, mut i, mut n) = (s.as_bytes(), 0, 0);
+    while i < b.len() {
+        if b[i].is_ascii_alphanumeric() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The shortest folded core URN: a shorter name cannot fold into one.
+const FOLDED_URN_MIN: usize = if folded_len(USER_URN) < folded_len(GROUP_URN) {
+    folded_len(USER_URN)
+} else {
+    folded_len(GROUP_URN)
+};
+
 /// Whether `name`, folded, begins with `known` folded: what a folding backend would take for
 /// `known` or something under it.
 pub(crate) fn folds_into(name: &str, known: &str) -> bool {
@@ -89,6 +108,13 @@ pub(crate) fn folds_into(name: &str, known: &str) -> bool {
 /// `user-Name`, `urn:…:core:2.0:User_`. Where the gateway reads addresses or members, such a
 /// name makes the object unreadable.
 pub fn folded_alias(name: &str) -> bool {
+    if name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        // Most names (`givenName`, `value`, …): folded, such a name is itself lower-cased, so
+        // it matches `userName`, `emails` or `members` folded only when it is one of them in
+        // another case (not an alias). Only a core URN spelled without its punctuation is one.
+        return name.len() >= FOLDED_URN_MIN
+            && (folds_into(name, USER_URN) || folds_into(name, GROUP_URN));
+    }
     let bare = match strip_user_urn(name) {
         Some(bare) => bare,
         None if is_user_urn(name) => return false,
