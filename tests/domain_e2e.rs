@@ -1834,3 +1834,111 @@ fn a_clients_if_match_is_evaluated_against_the_version_judged() {
     );
     assert_ne!(version_of(&backend, &id), v2);
 }
+
+/// Moves a user to `to` straight at the backend (as the IdP, another replica, … would).
+fn move_to(backend: &Backend, id: &str, to: &str) {
+    let body = json!({
+        "schemas": [PATCH_SCHEMA],
+        "Operations": [
+            { "op": "replace", "path": "userName", "value": to },
+            { "op": "replace", "path": "emails", "value": [{ "value": to, "primary": true }] }
+        ]
+    });
+    backend
+        .send(Req::patch(&format!("/acme/v2/Users/{id}"), &body))
+        .expect(204);
+}
+
+/// Found by adversarial review: a CGI/WSGI backend reads `if_match` as `If-Match` and joins it
+/// to the gateway's pin (`W/"3",*`), which `*` then defeats.
+#[test]
+fn a_header_spelled_with_underscores_cannot_loosen_the_pin() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    for (i, method) in [Method::DELETE, Method::PATCH, Method::PUT]
+        .into_iter()
+        .enumerate()
+    {
+        let mine = format!("victim{i}@acme.com");
+        let id = seed(&backend, &mine, &[&mine]);
+        let path = acme(&format!("/Users/{id}"));
+        // The gateway caches the user, in scope, from the answer to a PUT through it.
+        gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(&token))
+            .expect(200);
+        move_to(&backend, &id, &format!("victim{i}@evil.com"));
+        let before = backend.get("acme", "Users", &id).unwrap();
+        let taken = format!("taken{i}@acme.com");
+        let req = match method {
+            Method::DELETE => Req::delete(&path),
+            Method::PATCH => Req::patch(
+                &path,
+                &json!({
+                "schemas": [PATCH_SCHEMA],
+                "Operations": [
+                    { "op": "replace", "path": "userName", "value": taken },
+                    { "op": "replace", "path": "emails", "value": [{ "value": taken, "primary": true }] }
+                ]}),
+            ),
+            _ => Req::put(&path, &user_with(&taken, &[&taken])),
+        };
+        let r = gw.send(req.bearer(&token).header("if_match", "*"));
+        assert_eq!(
+            backend.get("acme", "Users", &id),
+            Some(before),
+            "{method}: a user outside acme.com was changed or deleted; the gateway answered {r:?}"
+        );
+        assert_scim_error(&r, 404);
+        let seen = backend.forwarded();
+        assert!(
+            seen.iter()
+                .all(|r| r.get("HTTP_IF_MATCH").is_none_or(|v| !v.contains('*'))),
+            "{method}: the backend saw a `*` condition"
+        );
+    }
+}
+
+/// Found by adversarial review: a write judged on the cached copy of a user deleted since got
+/// the backend's own 404, unlike the 404 of a user who left the domains.
+#[test]
+fn a_user_deleted_since_it_was_cached_reads_like_one_that_left_the_domains() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let missing = gw.send(Req::delete(&acme(&format!("/Users/{}", random_hex(16)))).bearer(&token));
+    let expected = assert_scim_error(&missing, 404);
+    for (i, fate) in ["moved", "deleted"].into_iter().enumerate() {
+        let mine = format!("leaker{i}@acme.com");
+        let id = seed(&backend, &mine, &[&mine]);
+        let path = acme(&format!("/Users/{id}"));
+        gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(&token))
+            .expect(200);
+        if fate == "moved" {
+            move_to(&backend, &id, &format!("leaker{i}@evil.com"));
+        } else {
+            backend
+                .send(Req::delete(&format!("/acme/v2/Users/{id}")))
+                .expect(204);
+        }
+        for req in [
+            Req::delete(&path),
+            Req::patch(&path, &rename("x")),
+            Req::put(&path, &user_with(&mine, &[&mine])),
+        ] {
+            let r = gw.send(req.bearer(&token));
+            let body = assert_scim_error(&r, 404);
+            assert_eq!(body, expected, "{fate}: {r:?}");
+        }
+    }
+    // A client's If-None-Match is the backend's to evaluate (on a fresh judgement): `*` on an
+    // existing user is 412, and nothing is written.
+    let id = seed(&backend, "kept@acme.com", &["kept@acme.com"]);
+    let before = users(&backend);
+    let r = gw.send(
+        Req::patch(&acme(&format!("/Users/{id}")), &rename("x"))
+            .bearer(&token)
+            .header("if-none-match", "*"),
+    );
+    assert_eq!(r.status.as_u16(), 412, "{r:?}");
+    assert_eq!(users(&backend), before);
+}

@@ -352,8 +352,9 @@ where
     /// (`upstream.conditional_writes`): the backend gets `If-Match` with that version and
     /// refuses the write (412) if the user has changed since, so no change lands on a user the
     /// judgement did not see. A write judged on the cached copy that the backend refuses is
-    /// judged again on a fresh read and sent once more. The client's own `If-Match` is
-    /// evaluated here against the version judged; only the gateway's goes to the backend.
+    /// judged again on a fresh read and sent once more (as is one the backend answers 404).
+    /// The client's own `If-Match` is evaluated here against the version judged; only the
+    /// gateway's goes to the backend.
     async fn pinned_write(
         &self,
         op: &Operation,
@@ -367,8 +368,17 @@ where
             .cloned()
             .collect();
         req.headers_mut().remove(header::IF_MATCH);
-        // With a condition of its own, the client means the user as stored now.
-        let mut cached_ok = client.is_empty();
+        // With a condition of its own, the client means the user as stored now; and a 412 its
+        // other conditions cause must not read as the cached copy being out of date.
+        let conditional = [
+            header::IF_NONE_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_MODIFIED_SINCE,
+            header::IF_RANGE,
+        ]
+        .iter()
+        .any(|h| req.headers().contains_key(h));
+        let mut cached_ok = client.is_empty() && !conditional;
         let none = HashSet::new();
         for attempt in 0..2 {
             let judged = self.check_write(op, body, &none, cached_ok).await?;
@@ -398,8 +408,14 @@ where
                 }
             }
             let resp = self.forward(sent).await?;
-            if resp.status() == StatusCode::PRECONDITION_FAILED && judged.cached {
-                // The cached copy was out of date: judge the user as it is now.
+            let stale = matches!(
+                resp.status(),
+                StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND
+            );
+            if stale && judged.cached {
+                // The cached copy was out of date (the user changed, or is gone): judge the
+                // user as it is now, so the answer is what a fresh judgement gives (a hidden
+                // user and a deleted one alike read as missing).
                 self.invalidate(op);
                 cached_ok = false;
                 continue;
@@ -824,6 +840,17 @@ where
                 .filter(|_| pinned && op.kind != OpKind::Delete && forwarded.is_empty());
             if remember.is_none() {
                 ctx.invalidate(&op);
+            }
+            if users && op.id.is_some() && resp.status() == StatusCode::NOT_FOUND {
+                // The user went missing after it was judged: the gateway's own 404, whose body
+                // is the same whether a user is hidden or absent, not the backend's.
+                ctx.invalidate(&op);
+                if !ctx.report_only {
+                    return Err(GatewayError::Hidden {
+                        reason: "resource_missing",
+                    }
+                    .into());
+                }
             }
             if users && matches!(op.kind, OpKind::Create | OpKind::Replace | OpKind::Patch) {
                 return post_write_check(&ctx, resp, remember).await;

@@ -34,6 +34,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// A client header with `_` in its name never reaches the backend (as nginx's
+/// `underscores_in_headers off`): CGI and WSGI servers read `if_match` as `If-Match` (joining it
+/// to the gateway's own), `x_forwarded_for` as `X-Forwarded-For`, and so on, which would get
+/// round every header the gateway removes, replaces or sets.
+fn is_underscored(name: &HeaderName) -> bool {
+    name.as_str().contains('_')
+}
+
 /// Client headers the backend never sees: the client's credential and anything the gateway
 /// sets itself, and headers some frameworks honour to change the method or path after the
 /// gateway has judged them.
@@ -91,7 +99,9 @@ pub fn upstream_headers(
     conn: Option<&ClientConn>,
     credential: Option<&HeaderValue>,
 ) {
-    remove_headers(headers, |n| is_hop_by_hop(n) || is_replaced_upstream(n));
+    remove_headers(headers, |n| {
+        is_hop_by_hop(n) || is_replaced_upstream(n) || is_underscored(n)
+    });
     if let Some(c) = credential {
         headers.insert(header::AUTHORIZATION, c.clone());
     }

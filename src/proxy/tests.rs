@@ -2004,6 +2004,9 @@ fn upstream_headers_keep_only_what_the_backend_may_see() {
         ("x-forwarded-host", "evil.example"),
         ("x-http-method-override", "DELETE"),
         ("x-original-url", "/globex/scim/v2/Users"),
+        ("if_match", "*"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("authorization_", "Bearer x"),
         ("x-custom", "kept"),
     ] {
         h.append(
