@@ -1942,3 +1942,84 @@ fn a_user_deleted_since_it_was_cached_reads_like_one_that_left_the_domains() {
     assert_eq!(r.status.as_u16(), 412, "{r:?}");
     assert_eq!(users(&backend), before);
 }
+
+/// Found by adversarial review: `Connection: if-match` made the gateway drop its own pin on the
+/// way out, so a write judged on a stale cached copy reached the backend unconditioned.
+#[test]
+fn a_connection_header_cannot_strip_the_pin() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    for (i, method) in [Method::DELETE, Method::PATCH, Method::PUT]
+        .into_iter()
+        .enumerate()
+    {
+        let mine = format!("conn{i}@acme.com");
+        let id = seed(&backend, &mine, &[&mine]);
+        let path = acme(&format!("/Users/{id}"));
+        gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(&token))
+            .expect(200);
+        move_to(&backend, &id, &format!("conn{i}@evil.com"));
+        let before = backend.get("acme", "Users", &id).unwrap();
+        let taken = format!("taken{i}@acme.com");
+        let req = match method {
+            Method::DELETE => Req::delete(&path),
+            Method::PATCH => Req::patch(&path, &rename("pwned")),
+            _ => Req::put(&path, &user_with(&taken, &[&taken])),
+        };
+        let mark = backend.forwarded().len();
+        let r = gw.send(
+            req.bearer(&token)
+                .header("connection", "keep-alive, if-match"),
+        );
+        assert_eq!(
+            backend.get("acme", "Users", &id),
+            Some(before),
+            "{method}: a user outside acme.com was changed or deleted; sent {:?}; answer {r:?}",
+            sent_about(&backend, &id, mark)
+        );
+        assert_scim_error(&r, 404);
+        assert!(
+            sent_about(&backend, &id, mark)
+                .iter()
+                .all(|s| s.starts_with("GET ") || !s.ends_with(" -")),
+            "{method}: a write went out without its pin: {:?}",
+            sent_about(&backend, &id, mark)
+        );
+    }
+}
+
+/// Found by adversarial review: the backend checks a PUT's body before its condition, so a
+/// stale cached judgement let the backend's 400 about a user who left the domains through,
+/// where a deleted user got the gateway's 404.
+#[test]
+fn a_refusal_on_a_cached_judgement_is_judged_again_before_it_is_shown() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let mut answers = Vec::new();
+    for (i, fate) in ["moved", "deleted"].into_iter().enumerate() {
+        let mine = format!("oracle{i}@acme.com");
+        let id = seed(&backend, &mine, &[&mine]);
+        let path = acme(&format!("/Users/{id}"));
+        gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(&token))
+            .expect(200);
+        if fate == "moved" {
+            move_to(&backend, &id, &format!("oracle{i}@evil.com"));
+        } else {
+            backend
+                .send(Req::delete(&format!("/acme/v2/Users/{id}")))
+                .expect(204);
+        }
+        let mut body = user_with(&mine, &[&mine]);
+        body["active"] = json!("not a boolean");
+        let r = gw.send(Req::put(&path, &body).bearer(&token));
+        answers.push((fate, r.status.as_u16(), r.text().replace(&id, "<id>")));
+    }
+    assert_eq!(
+        (answers[0].1, &answers[0].2),
+        (answers[1].1, &answers[1].2),
+        "a user who left the domains reads unlike a deleted one: {answers:#?}"
+    );
+    assert_eq!(answers[0].1, 404, "{answers:#?}");
+}

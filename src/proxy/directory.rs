@@ -23,7 +23,16 @@ const USER_CAPACITY: u64 = 100_000;
 /// The shared user cache: each user's address projection
 /// ([`crate::policy::user::address_projection`]), a few hundred bytes rather than its tree.
 pub struct Directory {
-    users: Cache<(Arc<str>, Box<str>), Arc<StoredUser>>,
+    users: Cache<UserKey, Arc<StoredUser>>,
+}
+
+/// A user as one backend stores it: the tenant, the backend as configured when it was read
+/// ([`crate::proxy::upstream::Upstream::generation`]: a reload that repoints a tenant starts
+/// afresh) and the id.
+type UserKey = (Arc<str>, u64, Box<str>);
+
+fn key(tenant: &Tenant, id: &str) -> UserKey {
+    (tenant.id.clone(), tenant.upstream.generation, id.into())
 }
 
 /// A stored user as the gateway judges it.
@@ -48,19 +57,18 @@ impl Default for Directory {
 }
 
 impl Directory {
-    pub fn invalidate(&self, tenant: &Arc<str>, id: &str) {
-        self.users.invalidate(&(tenant.clone(), id.into()));
+    pub fn invalidate(&self, tenant: &Tenant, id: &str) {
+        self.users.invalidate(&key(tenant, id));
     }
 
     /// The cached copy of a user, if any, without asking the backend.
-    pub fn cached(&self, tenant: &Arc<str>, id: &str) -> Option<Arc<StoredUser>> {
-        self.users.get(&(tenant.clone(), id.into()))
+    pub fn cached(&self, tenant: &Tenant, id: &str) -> Option<Arc<StoredUser>> {
+        self.users.get(&key(tenant, id))
     }
 
     /// Caches what the backend answered a write with: the user as stored, at `version`.
-    pub fn remember(&self, tenant: &Arc<str>, id: &str, user: StoredUser) {
-        self.users
-            .insert((tenant.clone(), id.into()), Arc::new(user));
+    pub fn remember(&self, tenant: &Tenant, id: &str, user: StoredUser) {
+        self.users.insert(key(tenant, id), Arc::new(user));
     }
 }
 
@@ -191,7 +199,7 @@ pub async fn user<S>(
 where
     S: Service<Request<Bytes>, Response = GatewayResponse, Error = BoxError> + Clone,
 {
-    let key = (origin.tenant.id.clone(), Box::<str>::from(id));
+    let key = key(&origin.tenant, id);
     if !fresh {
         if let Some(v) = dir.users.get(&key) {
             return Ok(Some(v));

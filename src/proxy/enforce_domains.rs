@@ -172,7 +172,7 @@ where
     /// changed since) and the cached copy has a version and is in scope.
     async fn owned_user(&self, id: &str, cached_ok: bool) -> Result<JudgedOn, BoxError> {
         if cached_ok {
-            if let Some(u) = self.dir.cached(&self.origin.tenant.id, id) {
+            if let Some(u) = self.dir.cached(&self.origin.tenant, id) {
                 if u.version.is_some() && self.policy().judge_user(&u.projection).is_ok() {
                     return Ok(JudgedOn {
                         user: Some(u),
@@ -351,8 +351,8 @@ where
     /// A user PUT, PATCH or DELETE pinned to the version of the user it is judged on
     /// (`upstream.conditional_writes`): the backend gets `If-Match` with that version and
     /// refuses the write (412) if the user has changed since, so no change lands on a user the
-    /// judgement did not see. A write judged on the cached copy that the backend refuses is
-    /// judged again on a fresh read and sent once more (as is one the backend answers 404).
+    /// judgement did not see. A write judged on the cached copy that the backend does not
+    /// accept (412, or any other refusal) is judged again on a fresh read and sent once more.
     /// The client's own `If-Match` is evaluated here against the version judged; only the
     /// gateway's goes to the backend.
     async fn pinned_write(
@@ -408,14 +408,12 @@ where
                 }
             }
             let resp = self.forward(sent).await?;
-            let stale = matches!(
-                resp.status(),
-                StatusCode::PRECONDITION_FAILED | StatusCode::NOT_FOUND
-            );
-            if stale && judged.cached {
-                // The cached copy was out of date (the user changed, or is gone): judge the
-                // user as it is now, so the answer is what a fresh judgement gives (a hidden
-                // user and a deleted one alike read as missing).
+            if judged.cached && !resp.status().is_success() {
+                // The cached copy may be out of date (the user changed, or is gone, and the
+                // backend may say something else before it looks at the condition): judge the
+                // user as it is now, so the answer is what a fresh judgement gives. A hidden
+                // user and a deleted one alike read as missing, and the backend's own words
+                // reach the client only about a user a fresh read found in scope.
                 self.invalidate(op);
                 cached_ok = false;
                 continue;
@@ -457,7 +455,7 @@ where
     fn invalidate(&self, op: &Operation) {
         if let (Endpoint::Resource(ResourceType::User), Some(id)) = (op.endpoint, op.id.as_deref())
         {
-            self.dir.invalidate(&self.origin.tenant.id, id);
+            self.dir.invalidate(&self.origin.tenant, id);
         }
     }
 
@@ -1032,7 +1030,7 @@ where
 {
     let forget = || {
         if let Some(id) = remember {
-            ctx.dir.invalidate(&ctx.origin.tenant.id, id);
+            ctx.dir.invalidate(&ctx.origin.tenant, id);
         }
     };
     if !resp.status().is_success() || ctx.report_only {
@@ -1061,7 +1059,7 @@ where
                         projection,
                         version: Some(version.clone()),
                     };
-                    ctx.dir.remember(&ctx.origin.tenant.id, id, user);
+                    ctx.dir.remember(&ctx.origin.tenant, id, user);
                 } else {
                     forget();
                 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub type UpstreamClient = Client<HttpsConnector, Full<Bytes>>;
 
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One backend.
 pub struct Upstream {
     /// `scheme://authority`, e.g. `http://127.0.0.1:8080`.
@@ -28,6 +30,10 @@ pub struct Upstream {
     pub max_response_bytes: usize,
     /// `upstream.conditional_writes`: the backend honours `If-Match` on user writes.
     pub conditional_writes: bool,
+    /// Unique to this configuration of the backend (every policy compile builds new ones):
+    /// what the gateway cached about users is keyed by it, so nothing read from one backend
+    /// stands for another after a reload.
+    pub generation: u64,
     /// One pool per shard ([`crate::shard`]): a shard's requests use connections its own
     /// runtime drives.
     clients: Box<[UpstreamClient]>,
@@ -83,6 +89,7 @@ impl Upstream {
             timeout: section.timeout.0,
             max_response_bytes: section.max_response_bytes,
             conditional_writes: section.conditional_writes,
+            generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             clients,
         })
     }
