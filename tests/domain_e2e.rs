@@ -2023,3 +2023,33 @@ fn a_refusal_on_a_cached_judgement_is_judged_again_before_it_is_shown() {
     );
     assert_eq!(answers[0].1, 404, "{answers:#?}");
 }
+
+/// Found by adversarial review: a write the backend refused on an unchanged cached user was
+/// sent a second time after the fresh read, on every request.
+#[test]
+fn a_refused_write_on_an_unchanged_user_is_not_sent_twice() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let id = seed(&backend, "amp@acme.com", &["amp@acme.com"]);
+    let path = acme(&format!("/Users/{id}"));
+    gw.send(Req::put(&path, &user_with("amp@acme.com", &["amp@acme.com"])).bearer(&token))
+        .expect(200);
+    let v = version_of(&backend, &id);
+    let mut body = user_with("amp@acme.com", &["amp@acme.com"]);
+    body["active"] = json!("not a boolean");
+    for _ in 0..3 {
+        let mark = backend.forwarded().len();
+        let r = gw.send(Req::put(&path, &body).bearer(&token));
+        assert_scim_error(&r, 400);
+        let sent = sent_about(&backend, &id, mark);
+        let count = |m: &str| sent.iter().filter(|s| s.starts_with(m)).count();
+        assert_eq!(
+            (count("PUT "), count("GET ")),
+            (1, 1),
+            "one client PUT should be one backend PUT and one read: {sent:?}"
+        );
+        assert!(sent.contains(&format!("PUT {v}")), "{sent:?}");
+    }
+    assert_eq!(version_of(&backend, &id), v);
+}

@@ -380,13 +380,22 @@ where
         .any(|h| req.headers().contains_key(h));
         let mut cached_ok = client.is_empty() && !conditional;
         let none = HashSet::new();
+        // A refusal of the write judged on the cached copy, and the version that copy had.
+        let mut refused: Option<(GatewayResponse, HeaderValue)> = None;
         for attempt in 0..2 {
             let judged = self.check_write(op, body, &none, cached_ok).await?;
             if attempt == 0 {
                 self.charge_blast([(op, body)])?;
             }
-            let mut sent = req.clone();
             let version = judged.user.as_ref().and_then(|u| u.version.clone());
+            if let (Some((first, at)), Some(now)) = (refused.take(), &version) {
+                if first.status() != StatusCode::PRECONDITION_FAILED && at == *now {
+                    // The user is as the cached copy had it, and in scope: the backend's
+                    // refusal stands, and the write is not sent again.
+                    return Ok(first);
+                }
+            }
+            let mut sent = req.clone();
             match version {
                 Some(v) => {
                     if !client.is_empty() {
@@ -416,6 +425,11 @@ where
                 // reach the client only about a user a fresh read found in scope.
                 self.invalidate(op);
                 cached_ok = false;
+                refused = judged
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.version.clone())
+                    .map(|v| (resp, v));
                 continue;
             }
             return Ok(resp);
