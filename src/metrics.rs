@@ -50,6 +50,10 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub open_connections: Gauge,
     pub audit_records: Counter,
+    /// User writes pinned to a version (`upstream.conditional_writes`), by what they were
+    /// judged on: `cached` (and accepted), `read` (a fresh read), `rejudged` (judged on the
+    /// cached copy, refused by the backend, judged again on a fresh read).
+    pub pinned_writes: Family<ResultLabels, Counter>,
     registry: Registry,
 }
 
@@ -70,11 +74,15 @@ impl Default for Metrics {
             reloads: Family::default(),
             open_connections: Gauge::default(),
             audit_records: Counter::default(),
+            pinned_writes: Family::default(),
             registry: Registry::with_prefix("scimgate"),
         };
         // Series that should exist before their first event, so alerts can use them.
         for result in ["success", "failure"] {
             let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        for result in ["cached", "read", "rejudged"] {
+            let _ = m.pinned_writes.get_or_create(&ResultLabels { result });
         }
         let r = &mut m.registry;
         r.register(
@@ -121,6 +129,11 @@ impl Default for Metrics {
             "audit_records",
             "Audit records written",
             m.audit_records.clone(),
+        );
+        r.register(
+            "pinned_writes",
+            "User writes pinned to the version judged, by what they were judged on",
+            m.pinned_writes.clone(),
         );
         m
     }

@@ -1766,6 +1766,23 @@ fn pinned_writes_are_judged_on_the_cached_user_and_never_land_on_a_user_changed_
             "{method}: the moved user was changed"
         );
     }
+
+    // Two writes judged on fresh reads above, one on the cached user, and per method a priming
+    // PUT (read) and a refused cached judgement (rejudged).
+    let metrics = gw.admin_get("/metrics");
+    let text = metrics.text();
+    let count = |result: &str| -> f64 {
+        let series = format!("scimgate_pinned_writes_total{{result=\"{result}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        (count("read"), count("cached"), count("rejudged")),
+        (5.0, 1.0, 3.0),
+        "{text}"
+    );
 }
 
 #[test]

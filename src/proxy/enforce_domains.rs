@@ -417,6 +417,17 @@ where
                 }
             }
             let resp = self.forward(sent).await?;
+            if attempt == 0 {
+                let result = match (judged.cached, resp.status().is_success()) {
+                    (true, true) => "cached",
+                    (true, false) => "rejudged",
+                    (false, _) => "read",
+                };
+                crate::metrics::METRICS
+                    .pinned_writes
+                    .get_or_create(&crate::metrics::ResultLabels { result })
+                    .inc();
+            }
             if judged.cached && !resp.status().is_success() {
                 // The cached copy may be out of date (the user changed, or is gone, and the
                 // backend may say something else before it looks at the condition): judge the
