@@ -2070,3 +2070,34 @@ fn a_refused_write_on_an_unchanged_user_is_not_sent_twice() {
     }
     assert_eq!(version_of(&backend, &id), v);
 }
+
+/// Found by adversarial review: `Connection: x-request-id` removed the request id after it was
+/// logged, so the backend's records of the request no longer matched the gateway's.
+#[test]
+fn the_request_id_the_client_sees_is_the_one_the_backend_gets() {
+    let (backend, setup) = backend_and_setup(|o| o.conditional_writes = true);
+    let token = setup.issue("acme", "entra", &[]);
+    let gw = setup.start();
+    let id = seed(&backend, "rid@acme.com", &["rid@acme.com"]);
+    let path = acme(&format!("/Users/{id}"));
+    for connection in [None, Some("x-request-id")] {
+        let mark = backend.forwarded().len();
+        let mut req = Req::patch(&path, &rename("x"))
+            .bearer(&token)
+            .request_id("e2e-rid-1");
+        if let Some(c) = connection {
+            req = req.header("connection", c);
+        }
+        let r = gw.send(req);
+        assert_2xx_patch(&r);
+        let shown = r.header("x-request-id").map(str::to_owned);
+        let seen: Vec<Option<String>> = backend.forwarded()[mark..]
+            .iter()
+            .map(|r| r.get("HTTP_X_REQUEST_ID").map(str::to_owned))
+            .collect();
+        assert!(
+            !seen.is_empty() && seen.iter().all(|v| *v == shown),
+            "{connection:?}: the client was shown {shown:?}, the backend got {seen:?}"
+        );
+    }
+}

@@ -4,8 +4,8 @@
 //! ```text
 //! access_log        one JSON line per request, whatever happens below
 //! drain_unread_body a body left unread below is drained in the background (no reset)
-//! request_id        X-Request-Id: kept when sane, generated otherwise, echoed on the response
 //! strip_hop_by_hop  the client's hop-by-hop headers, and those its Connection names, go
+//! request_id        X-Request-Id: kept when sane, generated otherwise, echoed on the response
 //! scim_errors       every refusal below becomes a SCIM error response, here and only here
 //! snapshot_policy   the live policy is read once, so a reload never splits a request
 //! limit_request_time the whole request is bounded in time (504 beyond)
@@ -132,8 +132,8 @@ where
     ServiceBuilder::new()
         .layer(access_log::layer())
         .layer(drain_unread_body::layer())
-        .layer(request_id::layer())
         .layer(strip_hop_by_hop::layer())
+        .layer(request_id::layer())
         .layer(scim_errors::layer())
         .layer(snapshot_policy::layer(policy))
         .layer(limit_request_time::layer())
