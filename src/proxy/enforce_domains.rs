@@ -40,6 +40,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
+/// The request headers that make a request conditional (RFC 9110 §13.1).
+const CONDITIONS: [header::HeaderName; 5] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
 /// Backend page size when the gateway pages through a list.
 const SCAN_PAGE: usize = 200;
 /// The most resources the gateway scans for one list request (400 `tooMany` beyond).
@@ -370,14 +379,7 @@ where
         req.headers_mut().remove(header::IF_MATCH);
         // With a condition of its own, the client means the user as stored now; and a 412 its
         // other conditions cause must not read as the cached copy being out of date.
-        let conditional = [
-            header::IF_NONE_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_MODIFIED_SINCE,
-            header::IF_RANGE,
-        ]
-        .iter()
-        .any(|h| req.headers().contains_key(h));
+        let conditional = CONDITIONS.iter().any(|h| req.headers().contains_key(h));
         let mut cached_ok = client.is_empty() && !conditional;
         let none = HashSet::new();
         // A refusal of the write judged on the cached copy, and the version that copy had.
@@ -895,13 +897,7 @@ where
             let q = query;
             // A conditional GET answers 304 or 412 before the gateway can judge the user, which
             // would tell a hidden user from a missing one: the conditions are not forwarded.
-            for h in [
-                http::header::IF_MATCH,
-                http::header::IF_NONE_MATCH,
-                http::header::IF_MODIFIED_SINCE,
-                http::header::IF_UNMODIFIED_SINCE,
-                http::header::IF_RANGE,
-            ] {
+            for h in CONDITIONS {
                 req.headers_mut().remove(h);
             }
             let resp = ctx.forward(req).await?;
