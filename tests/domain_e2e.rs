@@ -1866,6 +1866,47 @@ fn move_to(backend: &Backend, id: &str, to: &str) {
         .expect(204);
 }
 
+/// Seeds `<label>@acme.com`, has the gateway cache it (in scope) from the answer to a PUT
+/// through it, then moves it to `<label>@evil.com` straight at the backend. Returns its id, its
+/// gateway path and the backend's copy after the move.
+fn cached_then_moved(
+    backend: &Backend,
+    gw: &Gateway,
+    token: &str,
+    label: &str,
+) -> (String, String, Value) {
+    let mine = format!("{label}@acme.com");
+    let id = seed(backend, &mine, &[&mine]);
+    let path = acme(&format!("/Users/{id}"));
+    gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(token))
+        .expect(200);
+    move_to(backend, &id, &format!("{label}@evil.com"));
+    let before = backend
+        .get("acme", "Users", &id)
+        .unwrap_or_else(|| panic!("user {id} is not in the backend"));
+    (id, path, before)
+}
+
+/// A write that would take user `i` over (or delete it): DELETE, a PATCH or a PUT of
+/// `taken<i>@acme.com`.
+fn takeover(method: &Method, path: &str, i: usize) -> Req {
+    let taken = format!("taken{i}@acme.com");
+    match *method {
+        Method::DELETE => Req::delete(path),
+        Method::PATCH => Req::patch(
+            path,
+            &json!({
+                "schemas": [PATCH_SCHEMA],
+                "Operations": [
+                    { "op": "replace", "path": "userName", "value": taken },
+                    { "op": "replace", "path": "emails", "value": [{ "value": taken, "primary": true }] }
+                ]
+            }),
+        ),
+        _ => Req::put(path, &user_with(&taken, &[&taken])),
+    }
+}
+
 /// Found by adversarial review: a CGI/WSGI backend reads `if_match` as `If-Match` and joins it
 /// to the gateway's pin (`W/"3",*`), which `*` then defeats.
 #[test]
@@ -1877,28 +1918,8 @@ fn a_header_spelled_with_underscores_cannot_loosen_the_pin() {
         .into_iter()
         .enumerate()
     {
-        let mine = format!("victim{i}@acme.com");
-        let id = seed(&backend, &mine, &[&mine]);
-        let path = acme(&format!("/Users/{id}"));
-        // The gateway caches the user, in scope, from the answer to a PUT through it.
-        gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(&token))
-            .expect(200);
-        move_to(&backend, &id, &format!("victim{i}@evil.com"));
-        let before = backend.get("acme", "Users", &id).unwrap();
-        let taken = format!("taken{i}@acme.com");
-        let req = match method {
-            Method::DELETE => Req::delete(&path),
-            Method::PATCH => Req::patch(
-                &path,
-                &json!({
-                "schemas": [PATCH_SCHEMA],
-                "Operations": [
-                    { "op": "replace", "path": "userName", "value": taken },
-                    { "op": "replace", "path": "emails", "value": [{ "value": taken, "primary": true }] }
-                ]}),
-            ),
-            _ => Req::put(&path, &user_with(&taken, &[&taken])),
-        };
+        let (id, path, before) = cached_then_moved(&backend, &gw, &token, &format!("victim{i}"));
+        let req = takeover(&method, &path, i);
         let r = gw.send(req.bearer(&token).header("if_match", "*"));
         assert_eq!(
             backend.get("acme", "Users", &id),
@@ -1971,19 +1992,8 @@ fn a_connection_header_cannot_strip_the_pin() {
         .into_iter()
         .enumerate()
     {
-        let mine = format!("conn{i}@acme.com");
-        let id = seed(&backend, &mine, &[&mine]);
-        let path = acme(&format!("/Users/{id}"));
-        gw.send(Req::put(&path, &user_with(&mine, &[&mine])).bearer(&token))
-            .expect(200);
-        move_to(&backend, &id, &format!("conn{i}@evil.com"));
-        let before = backend.get("acme", "Users", &id).unwrap();
-        let taken = format!("taken{i}@acme.com");
-        let req = match method {
-            Method::DELETE => Req::delete(&path),
-            Method::PATCH => Req::patch(&path, &rename("pwned")),
-            _ => Req::put(&path, &user_with(&taken, &[&taken])),
-        };
+        let (id, path, before) = cached_then_moved(&backend, &gw, &token, &format!("conn{i}"));
+        let req = takeover(&method, &path, i);
         let mark = backend.forwarded().len();
         let r = gw.send(
             req.bearer(&token)
