@@ -2893,6 +2893,11 @@ fn folded_alias_takes_plain_names_as_the_general_rule_does() {
         "e-mails",
         "mem.bers",
         "e_mails_",
+        "displayName",
+        "xuserName",
+        "9emails",
+        "a_mails",
+        "Name",
     ];
     for b in base {
         names.push(b.to_owned());
@@ -2904,7 +2909,7 @@ fn folded_alias_takes_plain_names_as_the_general_rule_does() {
     }
     // Every string of up to three characters over letters and digits that start or end the
     // names above, and a few punctuation marks.
-    let alphabet: Vec<char> = "uUeEmMsS0_:-".chars().collect();
+    let alphabet: Vec<char> = "uUeEmMsSa0_:-".chars().collect();
     let mut short = vec![String::new()];
     for _ in 0..3 {
         let next: Vec<String> = short
@@ -2920,4 +2925,35 @@ fn folded_alias_takes_plain_names_as_the_general_rule_does() {
     assert!(folded_alias("urnietfparamsscimschemascore20User"));
     assert!(folded_alias("e_mails"));
     assert!(!folded_alias("eMails"));
+}
+
+/// `allowed_attr` compares names as `eq_ignore_ascii_case` does, against lists kept lower-cased.
+#[test]
+fn allowed_attr_compares_names_in_any_ascii_case() {
+    use crate::policy::user::{allowed_attr, GROUP_ATTRS, USER_ATTRS, USER_URN};
+    for list in [USER_ATTRS, GROUP_ATTRS] {
+        for a in list {
+            assert_eq!(*a, a.to_ascii_lowercase(), "lists are lower-cased");
+            assert!(allowed_attr(a, list));
+            assert!(allowed_attr(&a.to_ascii_uppercase(), list), "{a}");
+            assert!(allowed_attr(
+                &format!("{USER_URN}:{}", a.to_ascii_uppercase()),
+                list
+            ));
+            assert!(!allowed_attr(&format!("{a}x"), list), "{a}");
+            assert!(!allowed_attr(&a[1..], list), "{a}");
+        }
+    }
+    assert!(allowed_attr("userName", USER_ATTRS));
+    assert!(!allowed_attr("userName", GROUP_ATTRS));
+    for bad in [
+        "",
+        "user_name",
+        "userNamé",
+        "u\u{17F}erName",
+        &"a".repeat(40),
+        &"username".repeat(5),
+    ] {
+        assert!(!allowed_attr(bad, USER_ATTRS), "{bad:?}");
+    }
 }

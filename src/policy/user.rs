@@ -108,6 +108,16 @@ pub(crate) fn folds_into(name: &str, known: &str) -> bool {
 /// `user-Name`, `urn:…:core:2.0:User_`. Where the gateway reads addresses or members, such a
 /// name makes the object unreadable.
 pub fn folded_alias(name: &str) -> bool {
+    // Every name this looks for folds to a word beginning with `u`, `e` or `m` (`username`,
+    // `emails`, `members`, `urn…`), so a name that begins with any other letter or digit folds
+    // into none of them: most names (`displayName`, `name`, `active`, …) are settled here.
+    if name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() && !matches!(b | 0x20, b'u' | b'e' | b'm'))
+    {
+        return false;
+    }
     if name.bytes().all(|b| b.is_ascii_alphanumeric()) {
         // Most names (`givenName`, `value`, …): folded, such a name is itself lower-cased, so
         // it matches `userName`, `emails` or `members` folded only when it is one of them in
@@ -726,7 +736,7 @@ pub const GROUP_ATTRS: &[&str] = &[
 /// or an extension schema URN written plainly.
 pub fn allowed_attr(name: &str, allowed: &[&str]) -> bool {
     if let Some(bare) = strip_user_urn(name) {
-        return allowed.iter().any(|a| a.eq_ignore_ascii_case(bare));
+        return is_listed(bare, allowed);
     }
     if name
         .get(..4)
@@ -739,7 +749,20 @@ pub fn allowed_attr(name: &str, allowed: &[&str]) -> bool {
             && !folds_into(name, USER_URN)
             && !folds_into(name, GROUP_URN);
     }
-    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    is_listed(name, allowed)
+}
+
+/// Whether `name` is one of `lower` (lower-cased names) in any letter case: lower-cased once
+/// into a stack buffer, then compared byte for byte, most entries settled by their length.
+fn is_listed(name: &str, lower: &[&str]) -> bool {
+    let mut buf = [0u8; 32];
+    let Some(folded) = buf.get_mut(..name.len()) else {
+        // Longer than any attribute name listed.
+        return lower.iter().any(|a| a.eq_ignore_ascii_case(name));
+    };
+    folded.copy_from_slice(name.as_bytes());
+    folded.make_ascii_lowercase();
+    lower.iter().any(|a| a.as_bytes() == &*folded)
 }
 
 /// Refuses a resource body with a top-level name outside `allowed` (the core schema URN's own

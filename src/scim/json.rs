@@ -51,8 +51,22 @@ pub fn parse_strict_keeping(
     max_depth: usize,
     keep: Keep,
 ) -> Result<Value, serde_json::Error> {
+    // Text checked whole up front (a fast pass) is parsed without serde_json checking each
+    // string's UTF-8 again. Bytes that are not UTF-8 are parsed as bytes, only so that the
+    // error is serde_json's own, with its line and column: such a body never parses (outside
+    // a string a non-ASCII byte is a syntax error).
+    match std::str::from_utf8(bytes) {
+        Ok(text) => strict(serde_json::Deserializer::from_str(text), max_depth, keep),
+        Err(_) => strict(serde_json::Deserializer::from_slice(bytes), max_depth, keep),
+    }
+}
+
+fn strict<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    max_depth: usize,
+    keep: Keep,
+) -> Result<Value, serde_json::Error> {
     let names = RefCell::new(Vec::new());
-    let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = Strict {
         depth: 0,
         max_depth,
@@ -345,6 +359,25 @@ mod tests {
                 let e = parse_strict_keeping(bad, MAX_DEPTH, keep).unwrap_err();
                 assert_eq!(e.to_string(), whole, "{}", String::from_utf8_lossy(bad));
             }
+        }
+    }
+
+    /// Text that is not UTF-8 is refused with serde_json's own error, where it would report it.
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_where_serde_json_finds_them() {
+        for bad in [
+            &b"{\"userName\": \"a\xffb\"}"[..],
+            b"{\"user\xc3Name\": 1}",
+            b"{\"a\": 1}\xff",
+            b"\xef\xbb\xbf{}",
+            b"{\"a\": \xe2\x80}",
+            b"{\n\"emails\": [\"\xed\xa0\x80\"]}",
+        ] {
+            let ours = parse_strict(bad, MAX_DEPTH).unwrap_err().to_string();
+            let theirs = serde_json::from_slice::<Value>(bad)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(bad));
         }
     }
 
