@@ -153,6 +153,17 @@ fn inspection(c: &mut Criterion) {
             policy.judge(&a).unwrap();
         })
     });
+    // The least any serde_json reading of that user costs: its UTF-8 checked, every value
+    // skipped. What the scan and judgement add is the time over this.
+    g.bench_function(
+        BenchmarkId::new("baseline_serde_json_skip", "load_user"),
+        |b| {
+            b.iter(|| {
+                let text = std::str::from_utf8(black_box(realistic)).unwrap();
+                serde_json::from_str::<serde::de::IgnoredAny>(text).unwrap()
+            })
+        },
+    );
     // The body the load benchmark POSTs: what a create is parsed and judged from.
     let create = include_bytes!("load/create-user.json");
     g.bench_function(
