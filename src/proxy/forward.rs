@@ -93,15 +93,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_headers(headers, is_hop_by_hop);
 }
 
-/// Rewrites the client's headers into the backend request's headers, in place.
+/// Rewrites the client's headers into the backend request's headers, in place: `host` is the
+/// backend's own.
 pub fn upstream_headers(
     headers: &mut HeaderMap,
     conn: Option<&ClientConn>,
+    host: &HeaderValue,
     credential: Option<&HeaderValue>,
 ) {
     remove_headers(headers, |n| {
         is_hop_by_hop(n) || is_replaced_upstream(n) || is_underscored(n)
     });
+    headers.insert(header::HOST, host.clone());
     if let Some(c) = credential {
         headers.insert(header::AUTHORIZATION, c.clone());
     }
@@ -154,6 +157,7 @@ async fn forward(req: Request<Bytes>) -> Result<GatewayResponse, BoxError> {
     upstream_headers(
         &mut parts.headers,
         parts.extensions.get::<ClientConn>(),
+        up.host(),
         up.authorization(),
     );
 

@@ -2022,7 +2022,8 @@ fn upstream_headers_keep_only_what_the_backend_may_see() {
         None,
     );
     let credential = HeaderValue::from_static(CREDENTIAL);
-    forward::upstream_headers(&mut h, Some(&conn), Some(&credential));
+    let host = HeaderValue::from_static("backend.internal:8080");
+    forward::upstream_headers(&mut h, Some(&conn), &host, Some(&credential));
     let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
     names.sort_unstable();
     assert_eq!(
@@ -2031,11 +2032,13 @@ fn upstream_headers_keep_only_what_the_backend_may_see() {
             "accept",
             "authorization",
             "content-type",
+            "host",
             "x-custom",
             "x-forwarded-for",
             "x-forwarded-proto"
         ]
     );
+    assert_eq!(h[header::HOST], "backend.internal:8080");
     assert_eq!(h[header::AUTHORIZATION], CREDENTIAL);
     assert_eq!(h["x-forwarded-for"], "192.0.2.7");
     assert_eq!(h["x-forwarded-proto"], "https");
@@ -2214,4 +2217,25 @@ fn each_shard_uses_its_own_backend_pool() {
     assert_eq!(none, first);
     assert_ne!(first, second);
     assert_eq!(second, pool(Some(1)));
+}
+
+#[test]
+fn the_backend_host_header_names_the_port_only_when_it_is_not_the_default() {
+    for (url, host) in [
+        ("http://127.0.0.1:8080/scim/v2", Some("127.0.0.1:8080")),
+        ("https://scim.example.com/scim/v2", Some("scim.example.com")),
+        ("http://scim.example.com:80/scim", Some("scim.example.com")),
+        ("https://scim.example.com:443", Some("scim.example.com")),
+        (
+            "https://scim.example.com:8443/",
+            Some("scim.example.com:8443"),
+        ),
+        ("http://scim.example.com:443/", Some("scim.example.com:443")),
+        ("http://[::1]:9000/scim", Some("[::1]:9000")),
+        ("/scim/v2", None),
+    ] {
+        let uri: http::Uri = url.parse().unwrap();
+        let got = super::upstream::host_header(&uri);
+        assert_eq!(got.as_ref().map(|v| v.to_str().unwrap()), host, "{url}");
+    }
 }

@@ -26,6 +26,9 @@ pub struct Upstream {
     pub base_url: Box<str>,
     /// The gateway's own credential for the backend; never logged.
     authorization: Option<HeaderValue>,
+    /// The `Host` every request carries: the URL's host, and its port unless it is the
+    /// scheme's default (what the pooled client would otherwise format on every request).
+    host: HeaderValue,
     pub timeout: Duration,
     pub max_response_bytes: usize,
     /// `upstream.conditional_writes`: the backend honours `If-Match` on user writes.
@@ -67,6 +70,8 @@ impl Upstream {
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         let origin = format!("{scheme}://{authority}");
         let base_path = uri.path().trim_end_matches('/').to_owned();
+        let host = host_header(&uri)
+            .ok_or_else(|| problem("upstream.url: no host to send requests to".into()))?;
         let authorization = match authorization {
             Some(v) => {
                 let mut hv = HeaderValue::from_str(v).map_err(|_| {
@@ -86,6 +91,7 @@ impl Upstream {
             origin: origin.into(),
             base_path: base_path.into(),
             authorization,
+            host,
             timeout: section.timeout.0,
             max_response_bytes: section.max_response_bytes,
             conditional_writes: section.conditional_writes,
@@ -104,9 +110,29 @@ impl Upstream {
         self.authorization.as_ref()
     }
 
+    /// The `Host` header for requests to this backend.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
     pub(crate) fn authorization_matches(&self, other: Option<&str>) -> bool {
         self.authorization.as_ref().map(|h| h.as_bytes()) == other.map(str::as_bytes)
     }
+}
+
+/// `host[:port]` of `uri`, the port only when it is not the scheme's default, as hyper-util's
+/// client writes it.
+pub(crate) fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host().filter(|h| !h.is_empty())?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// A pooled HTTP/1.1 and HTTP/2 client; https upstreams are verified against `ca` or, without
