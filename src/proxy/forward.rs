@@ -94,17 +94,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites the client's headers into the backend request's headers, in place: `host` is the
-/// backend's own.
+/// backend's own (without it, the pooled client sets it).
 pub fn upstream_headers(
     headers: &mut HeaderMap,
     conn: Option<&ClientConn>,
-    host: &HeaderValue,
+    host: Option<&HeaderValue>,
     credential: Option<&HeaderValue>,
 ) {
     remove_headers(headers, |n| {
         is_hop_by_hop(n) || is_replaced_upstream(n) || is_underscored(n)
     });
-    headers.insert(header::HOST, host.clone());
+    if let Some(h) = host {
+        headers.insert(header::HOST, h.clone());
+    }
     if let Some(c) = credential {
         headers.insert(header::AUTHORIZATION, c.clone());
     }

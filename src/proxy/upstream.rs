@@ -26,9 +26,9 @@ pub struct Upstream {
     pub base_url: Box<str>,
     /// The gateway's own credential for the backend; never logged.
     authorization: Option<HeaderValue>,
-    /// The `Host` every request carries: the URL's host, and its port unless it is the
-    /// scheme's default (what the pooled client would otherwise format on every request).
-    host: HeaderValue,
+    /// The `Host` every request carries, built once instead of by the pooled client on every
+    /// request; `None` leaves it to the client (see [`host_header`]).
+    host: Option<HeaderValue>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
     /// `upstream.conditional_writes`: the backend honours `If-Match` on user writes.
@@ -70,8 +70,7 @@ impl Upstream {
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         let origin = format!("{scheme}://{authority}");
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        let host = host_header(&uri)
-            .ok_or_else(|| problem("upstream.url: no host to send requests to".into()))?;
+        let host = host_header(&uri);
         let authorization = match authorization {
             Some(v) => {
                 let mut hv = HeaderValue::from_str(v).map_err(|_| {
@@ -111,8 +110,8 @@ impl Upstream {
     }
 
     /// The `Host` header for requests to this backend.
-    pub fn host(&self) -> &HeaderValue {
-        &self.host
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
     }
 
     pub(crate) fn authorization_matches(&self, other: Option<&str>) -> bool {
@@ -120,9 +119,13 @@ impl Upstream {
     }
 }
 
-/// `host[:port]` of `uri`, the port only when it is not the scheme's default, as hyper-util's
-/// client writes it.
+/// The `Host` header hyper-util's client would write for `uri` (`host`, and `:port` unless it
+/// is the scheme's default), but only when it is the URL's authority as written: an HTTP/2
+/// backend also gets the authority as `:authority`, and the two must never differ (RFC 9113
+/// §8.3.1). A URL that spells out its default port or carries user information gets `None`,
+/// and the client sets `Host` itself, on HTTP/1 only, as it always did.
 pub(crate) fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?.as_str();
     let host = uri.host().filter(|h| !h.is_empty())?;
     let default = match uri.scheme_str() {
         Some("https") => 443,
@@ -132,6 +135,9 @@ pub(crate) fn host_header(uri: &Uri) -> Option<HeaderValue> {
         Some(port) if port != default => format!("{host}:{port}"),
         _ => host.to_owned(),
     };
+    if value != authority {
+        return None;
+    }
     HeaderValue::from_str(&value).ok()
 }
 
